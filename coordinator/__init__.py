@@ -1,0 +1,1 @@
+"""Schedules distillation rounds and routes soft labels between KB workers; never trains."""

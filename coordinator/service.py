@@ -1,0 +1,313 @@
+"""The coordinator's operations as plain methods; the gRPC servicer is a thin layer over them."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from coordinator.alignment import PairAlignment, build_pair, merge
+from coordinator.jobs import STATES, TERMINAL, Job, JobEvent, JobRunner
+from coordinator.store import Store
+from coordinator.strategies import STRATEGIES, make_strategy
+from kb_worker.actor import spawn_worker
+from kb_worker.worker_types import WORKER_TYPES
+from services import metrics
+from services.config import KB_NAME_PATTERN, JobSettings, validate
+from services.errors import ConfigError, KdmkbError, NotFoundError, PreconditionError
+from services.ray_runtime import ensure_ray, unwrap
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("valid", "test")
+
+
+@dataclass
+class _KB:
+    spec: dict
+    handle: object
+    info: dict
+    vocabulary: dict | None = None
+
+
+def _require(value, field: str) -> None:
+    if value in ("", None) or (isinstance(value, list | tuple) and not value):
+        raise ConfigError(f"{field}: must not be empty")
+
+
+class Coordinator:
+    """Registers KBs and alignments, runs jobs, and serves evaluation, prediction and export."""
+
+    def __init__(self, data_dir: str | Path | None = None, ray_address: str | None = None) -> None:
+        ensure_ray(ray_address)
+        self.store = Store(data_dir)
+        self._lock = threading.RLock()
+        self._kbs: dict[str, _KB] = {}
+        self._alignments: dict[tuple[str, str], PairAlignment] = {}
+        self._jobs: dict[str, Job] = {}
+        self._runners: dict[str, JobRunner] = {}
+        self._restore()
+
+    # -- persistence -----------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Re-opens registered KBs, alignments and jobs; jobs that were running resume from their last checkpoint."""
+        for spec in self.store.load_kbs().values():
+            try:
+                self.register_kb(**spec)
+            except KdmkbError as error:
+                log.error("cannot re-open KB %r: %s", spec["name"], error)
+        for spec in self.store.load_alignments():
+            try:
+                self.register_alignment(**spec)
+            except KdmkbError as error:
+                log.error("cannot restore alignment %s <-> %s: %s", spec["kb_a"], spec["kb_b"], error)
+        for raw in self.store.load_jobs():
+            job = Job.from_dict(raw)
+            self._jobs[job.job_id] = job
+            if job.state == "RUNNING":
+                try:
+                    self._launch(job, resume=True)
+                except KdmkbError as error:
+                    job.state, job.error = "FAILED", f"cannot resume after restart: {error}"
+                    self.store.save_job(job.to_dict())
+        self._count_jobs()
+
+    def _persist_kbs(self) -> None:
+        self.store.save_kbs({name: kb.spec for name, kb in self._kbs.items()})
+
+    def _persist_alignments(self) -> None:
+        self.store.save_alignments(
+            [{"kb_a": a.kb_a, "kb_b": a.kb_b, "entities_path": a.entities_path, "relations_path": a.relations_path} for a in self._alignments.values()]
+        )
+
+    def _count_jobs(self) -> None:
+        with self._lock:
+            for state in STATES:
+                metrics.JOBS.labels(state).set(sum(job.state == state for job in self._jobs.values()))
+
+    # -- KBs -------------------------------------------------------------------------------
+    def register_kb(self, name: str, data_dir: str, worker_type: str = "transe", settings: dict | None = None, resource: str = "") -> dict:
+        _require(name, "name")
+        if not KB_NAME_PATTERN.fullmatch(name):
+            raise ConfigError(f"name: {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        _require(data_dir, "data_dir")
+        worker_type = worker_type or "transe"
+        try:
+            worker_class = WORKER_TYPES.get(worker_type)
+        except ConfigError as error:
+            raise ConfigError(f"worker_type: {error}") from None
+        typed = validate(worker_class.settings_model, settings or {}, prefix="settings")
+        spec = {"name": name, "data_dir": str(Path(data_dir).resolve()), "worker_type": worker_type, "settings": typed.model_dump(exclude_unset=True), "resource": resource}
+        with self._lock:
+            existing = self._kbs.get(name)
+            if existing and existing.spec == spec:
+                return self._describe_kb(name)
+            if existing and self._busy(name):
+                raise PreconditionError(f"KB {name!r} is in running job {self._busy(name)!r}; stop it before re-registering")
+        handle = spawn_worker(name, spec["data_dir"], worker_type, spec["settings"], resource)
+        try:
+            info = self._call(handle.open.remote())
+        except BaseException:
+            ray.kill(handle)
+            raise
+        with self._lock:
+            if existing:
+                ray.kill(existing.handle)
+                self._alignments = {key: a for key, a in self._alignments.items() if name not in key}
+            self._kbs[name] = _KB(spec, handle, info)
+            self._persist_kbs()
+        return self._describe_kb(name)
+
+    def _kb(self, name: str, field: str = "kb") -> _KB:
+        _require(name, field)
+        with self._lock:
+            if name not in self._kbs:
+                raise NotFoundError(f"{field}: no KB named {name!r} is registered")
+            return self._kbs[name]
+
+    def _busy(self, name: str) -> str:
+        for job_id, runner in self._runners.items():
+            if runner.is_alive() and name in runner.job.kbs:
+                return job_id
+        return ""
+
+    def _describe_kb(self, name: str) -> dict:
+        kb = self._kbs[name]
+        return {**kb.spec, **{k: v for k, v in kb.info.items() if k.startswith("num_")}, "busy_with_job": self._busy(name)}
+
+    def list_kbs(self) -> list[dict]:
+        with self._lock:
+            return [self._describe_kb(name) for name in sorted(self._kbs)]
+
+    def _vocabulary(self, name: str, field: str) -> dict:
+        kb = self._kb(name, field)
+        if kb.vocabulary is None:
+            kb.vocabulary = self._call(kb.handle.vocabulary.remote())
+        return kb.vocabulary
+
+    # -- alignments ------------------------------------------------------------------------
+    def register_alignment(self, kb_a: str, kb_b: str, entities_path: str = "", relations_path: str = "") -> dict:
+        vocab_a, vocab_b = self._vocabulary(kb_a, "kb_a"), self._vocabulary(kb_b, "kb_b")
+        if kb_a == kb_b:
+            raise ConfigError(f"kb_b: an alignment needs two different KBs; got {kb_a!r} twice")
+        for path, field in ((entities_path, "entities_path"), (relations_path, "relations_path")):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{field}: file {path!r} not found")
+        pair = build_pair(kb_a, kb_b, vocab_a, vocab_b, str(Path(entities_path).resolve()) if entities_path else "", str(Path(relations_path).resolve()) if relations_path else "")
+        with self._lock:
+            self._alignments[tuple(sorted((kb_a, kb_b)))] = pair
+            self._persist_alignments()
+        return self._describe_alignment(pair)
+
+    @staticmethod
+    def _describe_alignment(pair: PairAlignment) -> dict:
+        return {
+            "kb_a": pair.kb_a,
+            "kb_b": pair.kb_b,
+            "entities_path": pair.entities_path,
+            "relations_path": pair.relations_path,
+            "num_entity_pairs": len(pair.entities),
+            "num_relation_pairs": len(pair.relations),
+        }
+
+    # -- jobs ------------------------------------------------------------------------------
+    def create_job(self, strategy: str, kbs: list[str], settings: dict | None = None) -> Job:
+        _require(strategy, "strategy")
+        _require(list(kbs), "kbs")
+        if len(set(kbs)) != len(kbs):
+            raise ConfigError(f"kbs: a KB is listed twice ({', '.join(kbs)})")
+        for index, name in enumerate(kbs):
+            self._kb(name, f"kbs[{index}]")
+        typed = validate(JobSettings, settings or {}, prefix="settings")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy: unknown strategy {strategy!r}; known: {', '.join(STRATEGIES.names())}")
+        make_strategy(strategy, list(kbs), typed)  # validates the strategy's own settings now
+        if strategy != "none":
+            merge(list(kbs), self._job_alignments(kbs))  # conflicting alignments fail now, not later
+        job = Job(strategy=strategy, kbs=list(kbs), settings=typed.model_dump())
+        with self._lock:
+            self._jobs[job.job_id] = job
+        self.store.save_job(job.to_dict())
+        self._count_jobs()
+        return job
+
+    def _job_alignments(self, kbs: list[str]) -> list[PairAlignment]:
+        return [pair for (a, b), pair in self._alignments.items() if a in kbs and b in kbs]
+
+    def job(self, job_id: str) -> Job:
+        _require(job_id, "job_id")
+        with self._lock:
+            if job_id not in self._jobs:
+                raise NotFoundError(f"job_id: no job {job_id!r}")
+            return self._jobs[job_id]
+
+    def list_jobs(self) -> list[Job]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda job: job.created_at)
+
+    def start_job(self, job_id: str) -> Job:
+        job = self.job(job_id)
+        with self._lock:
+            if job.state == "RUNNING" or job_id in self._runners and self._runners[job_id].is_alive():
+                return job  # idempotent
+            if job.state != "CREATED":
+                raise PreconditionError(f"job_id: job {job_id!r} is {job.state}; create a new job to run again")
+            for name in job.kbs:
+                self._kb(name, "kbs")
+                if self._busy(name):
+                    raise PreconditionError(f"KB {name!r} is busy in job {self._busy(name)!r}")
+            self._launch(job, resume=False)
+        return job
+
+    def _launch(self, job: Job, resume: bool) -> None:
+        workers = {name: self._kb(name, "kbs").handle for name in job.kbs}
+        views = merge(job.kbs, self._job_alignments(job.kbs) if job.strategy != "none" else [])
+        runner = JobRunner(job, workers, views, self.store, self._count_jobs, resume)
+        job.state = "RUNNING"
+        self._runners[job.job_id] = runner
+        runner.start()
+
+    def stop_job(self, job_id: str) -> Job:
+        job = self.job(job_id)
+        runner = self._runners.get(job_id)
+        if runner is not None and runner.is_alive():
+            runner.stop_requested.set()
+            runner.join()
+        elif job.state == "CREATED":
+            job.state = "STOPPED"
+            self.store.save_job(job.to_dict())
+            self._count_jobs()
+        return job
+
+    def watch_job(self, job_id: str, is_active=lambda: True, poll_seconds: float = 0.5) -> Iterator[JobEvent]:
+        """Yields the job's current state, then every event until the job ends or the client leaves."""
+        job = self.job(job_id)
+        runner = self._runners.get(job_id)
+        channel = runner.subscribe() if runner else None
+        try:
+            yield JobEvent(job.job_id, "state", job.state, job.round, job.total_rounds, {k: dict(v) for k, v in job.progress.items()}, message=job.error)
+            while channel is not None and job.state not in TERMINAL and is_active():
+                try:
+                    event = channel.get(timeout=poll_seconds)
+                except queue.Empty:
+                    continue
+                yield event
+                if event.state in TERMINAL:
+                    return
+        finally:
+            if runner and channel:
+                runner.unsubscribe(channel)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        runner = self._runners.get(job_id)
+        if runner is not None:
+            runner.join(timeout)
+        return self.job(job_id)
+
+    # -- serving ---------------------------------------------------------------------------
+    def evaluate(self, kb: str, split: str = "test") -> dict:
+        if split not in SPLITS:
+            raise ConfigError(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
+        return self._call(self._kb(kb).handle.evaluate.remote(split))
+
+    def predict(self, kb: str, head: str, relation: str, k: int = 10) -> list[dict]:
+        _require(head, "head")
+        _require(relation, "relation")
+        if not 0 < k <= 1000:
+            raise ConfigError(f"k: must be between 1 and 1000, got {k}")
+        return self._call(self._kb(kb).handle.predict.remote(head, relation, k))
+
+    def export(self, kb: str) -> dict:
+        return self._call(self._kb(kb).handle.export.remote())
+
+    def placement(self, kb: str) -> dict:
+        return self._call(self._kb(kb).handle.placement.remote())
+
+    def start_worker_metrics(self) -> dict[str, dict]:
+        """Starts every worker's /metrics endpoint; returns their addresses (for Prometheus discovery)."""
+        with self._lock:
+            handles = {name: kb.handle for name, kb in self._kbs.items()}
+        return {name: self._call(handle.start_metrics.remote()) for name, handle in handles.items()}
+
+    @staticmethod
+    def _call(ref):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as error:
+            raise unwrap(error) from None
+
+    def shutdown(self) -> None:
+        """Interrupts running jobs (they stay RUNNING in the store, so the next coordinator resumes them) and ends the workers."""
+        for runner in list(self._runners.values()):
+            runner.interrupted.set()
+        for runner in list(self._runners.values()):
+            runner.join(timeout=60)
+        with self._lock:
+            for kb in self._kbs.values():
+                ray.kill(kb.handle)
+            self._kbs.clear()

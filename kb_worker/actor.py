@@ -1,0 +1,42 @@
+"""The KB worker as a Ray actor, placed on the node that holds its data when it names a resource."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from kb_worker.worker import KBWorker
+from services.metrics import serve_metrics
+
+
+class KBWorkerActor(KBWorker):
+    """A :class:`KBWorker` that also serves its own Prometheus endpoint and reports where it runs.
+
+    Loading waits for :meth:`open`, so that a data error reaches the caller as that call's
+    error instead of killing the actor.
+    """
+
+    def __init__(self, *args) -> None:
+        self._args = args
+
+    def open(self) -> dict:
+        KBWorker.__init__(self, *self._args)
+        return self.describe()
+
+    def start_metrics(self) -> dict:
+        if getattr(self, "_metrics_port", None) is None:
+            self._metrics_port = serve_metrics()
+        return {"host": os.environ.get("KDMKB_METRICS_HOST", "127.0.0.1"), "port": self._metrics_port}
+
+    def placement(self) -> dict:
+        context = ray.get_runtime_context()
+        return {"node_id": context.get_node_id(), "pid": os.getpid()}
+
+
+def spawn_worker(name: str, data_dir: str, worker_type: str, settings: dict, resource: str = "", namespace_prefix: str = "kdmkb") -> "ray.actor.ActorHandle":
+    """Starts the KB's actor; it asks for no CPU so that several KBs can share a small node."""
+    options: dict = {"num_cpus": 0, "name": f"{namespace_prefix}-kb-{name}-{os.getpid()}", "max_concurrency": 1}
+    if resource:
+        options["resources"] = {resource: 0.001}
+    return ray.remote(KBWorkerActor).options(**options).remote(name, data_dir, worker_type, settings)

@@ -1,0 +1,115 @@
+"""Filtered link-prediction ranking (MR, MRR, Hits@k) over head and tail queries, batched.
+
+Ties count as the mean of the optimistic and the pessimistic rank, so a model that scores
+every entity alike gets the expected rank of a random guess, not rank 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from kb_worker.worker_types.base import QueryKind
+
+HITS_AT = (1, 3, 10)
+
+
+@dataclass(frozen=True)
+class RankingMetrics:
+    mrr: float
+    mr: float
+    hits_at_1: float
+    hits_at_3: float
+    hits_at_10: float
+    num_queries: int
+    seconds: float = 0.0
+
+    @classmethod
+    def from_ranks(cls, ranks: torch.Tensor, seconds: float = 0.0) -> "RankingMetrics":
+        ranks = ranks.double()
+        if ranks.numel() == 0:
+            raise ValueError("no queries to rank")
+        hits = {f"hits_at_{k}": float((ranks <= k).double().mean()) for k in HITS_AT}
+        return cls(mrr=float((1.0 / ranks).mean()), mr=float(ranks.mean()), num_queries=ranks.numel(), seconds=seconds, **hits)
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def report(self) -> dict[str, float]:
+        """The report's keys: mrr, mr, hits@1, hits@3, hits@10."""
+        return {"mrr": self.mrr, "mr": self.mr, **{f"hits@{k}": getattr(self, f"hits_at_{k}") for k in HITS_AT}}
+
+
+class KnownAnswers:
+    """Every known answer of (head, relation, ?) and (?, relation, tail) queries, as sorted keys."""
+
+    def __init__(self, known: np.ndarray, num_entities: int, num_relations: int) -> None:
+        self.num_entities = num_entities
+        self.num_relations = num_relations
+        known = torch.from_numpy(np.unique(known, axis=0))
+        heads, relations, tails = known.unbind(dim=1)
+        self._answers = {}
+        for kind, given, answer in ((QueryKind.TAIL, heads * num_relations + relations, tails), (QueryKind.HEAD, tails * num_relations + relations, heads)):
+            order = torch.argsort(given)
+            self._answers[kind] = (given[order], answer[order])
+
+    def pairs(self, kind: QueryKind, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, entities)``: for each query row, the ids of its known answers."""
+        keys, answers = self._answers[kind]
+        if kind == QueryKind.TAIL:
+            query_keys = queries[:, 0] * self.num_relations + queries[:, 1]
+        else:  # (relation, tail)
+            query_keys = queries[:, 1] * self.num_relations + queries[:, 0]
+        start = torch.searchsorted(keys, query_keys, side="left")
+        stop = torch.searchsorted(keys, query_keys, side="right")
+        counts = stop - start
+        rows = torch.repeat_interleave(torch.arange(queries.shape[0]), counts)
+        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        return rows, answers[torch.repeat_interleave(start, counts) + offsets]
+
+
+def filtered_ranks(scores: torch.Tensor, targets: torch.Tensor, known_rows: torch.Tensor, known_entities: torch.Tensor) -> torch.Tensor:
+    """Rank of ``targets`` in each row of ``scores`` after removing the other known answers.
+
+    NaN scores count as the worst possible score.
+    """
+    # NaN (and -inf) become the lowest finite value, so that they stay above the filtered
+    # answers' -inf below: a NaN target must not tie with the answers it filters out.
+    scores = torch.nan_to_num(scores.float(), nan=torch.finfo(torch.float32).min)
+    rows = torch.arange(scores.shape[0])
+    target_scores = scores[rows, targets].clone()
+    scores[known_rows, known_entities] = float("-inf")
+    scores[rows, targets] = target_scores
+    greater = (scores > target_scores[:, None]).sum(dim=1)
+    equal = (scores == target_scores[:, None]).sum(dim=1) - 1
+    return 1.0 + greater.double() + equal.double() / 2.0
+
+
+def evaluate_ranking(
+    score_all: Callable[[QueryKind, torch.Tensor], torch.Tensor],
+    triples: np.ndarray,
+    known: KnownAnswers,
+    *,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> RankingMetrics:
+    """Filtered ranks of every triple's tail (given head, relation) and head (given relation, tail)."""
+    started = time.perf_counter()
+    triples_t = torch.from_numpy(np.asarray(triples, dtype=np.int64))
+    ranks = []
+    with torch.no_grad():
+        for start in range(0, triples_t.shape[0], batch_size):
+            batch = triples_t[start : start + batch_size]
+            for kind, queries, targets in (
+                (QueryKind.TAIL, batch[:, [0, 1]], batch[:, 2]),
+                (QueryKind.HEAD, batch[:, [1, 2]], batch[:, 0]),
+            ):
+                rows, entities = known.pairs(kind, queries)
+                ranks.append(filtered_ranks(score_all(kind, queries), targets, rows, entities))
+            if progress is not None:
+                progress(batch.shape[0])
+    return RankingMetrics.from_ranks(torch.cat(ranks), seconds=time.perf_counter() - started)

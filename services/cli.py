@@ -1,0 +1,255 @@
+"""The ``kdmkb`` command line: demo, split, run, serve, status, predict, export."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import grpc
+import typer
+from tqdm import tqdm
+
+from services.errors import KdmkbError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge-base embeddings that teach each other (KD-MKB) — one Ray actor per KB, a gRPC coordinator.")
+
+CoordinatorOption = Annotated[
+    Optional[str], typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator; default: an embedded one.")
+]
+RemoteCoordinatorOption = Annotated[str, typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator.")]
+ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Write the results as JSON to this file.")]
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def guarded(function):
+    """Turns kdmkb and gRPC errors into one red line and exit code 2 instead of a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except KdmkbError as error:
+            fail(str(error))
+        except grpc.RpcError as error:
+            fail(f"{error.code().name}: {error.details()}")
+
+    return wrapper
+
+
+def _progress_printer(total: int, label: str):
+    bar = tqdm(total=total, desc=label, unit="round", dynamic_ncols=True, file=sys.stderr)
+
+    def on_event(event) -> None:
+        bar.update(event.round - bar.n)
+        if event.progress:
+            bar.set_postfix({kb: f"{p.loss:.3f}" + (f"/kd {p.kd_loss:.3f}" if p.kd_loss else "") for kb, p in sorted(event.progress.items())}, refresh=False)
+        if event.kind == "failed":
+            bar.write(f"job failed: {event.message}")
+
+    return bar, on_event
+
+
+def _run_job(client, job_file, strategy: str | None, label: str):
+    from services.client import job_report, state_name
+
+    job = client.submit(job_file, strategy)
+    bar, on_event = _progress_printer(job.total_rounds, label)
+    try:
+        job = client.run(job.job_id, on_event)
+    finally:
+        bar.close()
+    if state_name(job.state) != "SUCCEEDED":
+        fail(f"job {job.job_id} {state_name(job.state)}: {job.error}")
+    return job_report(job)
+
+
+def _print_table(reports: list[dict]) -> None:
+    kbs = sorted({kb for report in reports for kb in report["kbs"]})
+    header = f"{'KB':<12}{'strategy':<14}{'MRR':>8}{'MR':>9}{'H@1':>8}{'H@3':>8}{'H@10':>8}"
+    typer.echo(header)
+    typer.echo("-" * len(header))
+    for kb in kbs:
+        for report in reports:
+            m = report["kbs"].get(kb)
+            if m:
+                typer.echo(f"{kb:<12}{report['strategy']:<14}{m['mrr']:>8.4f}{m['mr']:>9.2f}{m['hits@1']:>8.4f}{m['hits@3']:>8.4f}{m['hits@10']:>8.4f}")
+
+
+def _write_report(path: Path | None, report: dict) -> None:
+    if path:
+        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"report written to {path}")
+
+
+def _quiet_logs() -> None:
+    logging.basicConfig(level=os.environ.get("KDMKB_LOG_LEVEL", "WARNING"))
+
+
+@app.command()
+@guarded
+def split(
+    dataset_dir: Annotated[Path, typer.Argument(help="Folder with train/valid/test TSV files.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (must not exist or be empty).")],
+    kbs: Annotated[int, typer.Option("--kbs", help="Number of KBs to cut the train triples into.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Shuffle seed.")] = 0,
+    align: Annotated[str, typer.Option("--align", help="Entity alignment: co-occurring, all, or a fraction in (0,1] of the co-occurring entities.")] = "co-occurring",
+) -> None:
+    """Cut a dataset into KBs as the KD-MKB paper does, with their alignments and a job.toml."""
+    from services.split import split_dataset, write_job_file
+
+    summary = split_dataset(dataset_dir, out, kbs=kbs, seed=seed, align=align)
+    write_job_file(summary)
+    for name in summary.kb_names:
+        typer.echo(f"{name}: {summary.train_counts[name]} train triples")
+    for (a, b), (entities, relations) in summary.pair_counts.items():
+        typer.echo(f"{a} <-> {b}: {entities} entities, {relations} relations aligned")
+    typer.echo(f"written to {summary.out_dir}; run it with: kdmkb run {summary.out_dir / 'job.toml'}")
+
+
+@app.command()
+@guarded
+def run(
+    config: Annotated[Path, typer.Argument(help="TOML job file ([job], [[kb]], [[alignment]]).")],
+    coordinator: CoordinatorOption = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override the job file's strategy.")] = None,
+    report: ReportOption = None,
+) -> None:
+    """Run a job file on an embedded coordinator (default) or a running one."""
+    from services.client import CoordinatorClient, embedded_coordinator
+    from services.config import load_job_file
+
+    _quiet_logs()
+    job_file = load_job_file(config)
+    if coordinator:
+        client = CoordinatorClient(coordinator)
+        result = _run_job(client, job_file, strategy, strategy or job_file.strategy)
+        client.close()
+    else:
+        with embedded_coordinator() as client:
+            result = _run_job(client, job_file, strategy, strategy or job_file.strategy)
+    _print_table([result])
+    _write_report(report, result)
+
+
+@app.command()
+@guarded
+def demo(
+    dataset: Annotated[str, typer.Option("--dataset", help="Packaged dataset: umls, kinship or nations.")] = "umls",
+    kbs: Annotated[int, typer.Option("--kbs", help="Number of KBs the dataset is split into.")] = 3,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds per job (default: the demo's tuned budget).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    report: ReportOption = None,
+) -> None:
+    """Split a packaged dataset into KBs and compare training alone with cooperative distillation."""
+    from services.client import embedded_coordinator
+    from services.datasets import dataset_dir
+    from services.demo import demo_job_file
+    from services.split import split_dataset
+
+    _quiet_logs()
+    with tempfile.TemporaryDirectory(prefix="kdmkb-demo-") as work:
+        summary = split_dataset(dataset_dir(dataset), Path(work) / "kbs", kbs=kbs, seed=seed)
+        job_file = demo_job_file(summary, seed=seed, rounds=rounds)
+        typer.echo(f"{dataset} split into {kbs} KBs ({', '.join(f'{n}: {c}' for n, c in summary.train_counts.items())} train triples)")
+        with embedded_coordinator() as client:
+            results = [_run_job(client, job_file, name, name) for name in ("none", "cooperative")]
+    _print_table(results)
+    baseline, cooperative = results
+    for kb, metrics in cooperative["kbs"].items():
+        before = baseline["kbs"][kb]["mrr"]
+        typer.echo(f"{kb}: MRR {before:.4f} -> {metrics['mrr']:.4f} ({(metrics['mrr'] - before) / before:+.1%})")
+    _write_report(report, {**cooperative, "dataset": dataset, "baseline": baseline})
+
+
+@app.command()
+@guarded
+def serve(
+    address: Annotated[str, typer.Option("--address", help="Address the gRPC server binds.")] = "127.0.0.1:50051",
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Where jobs, registrations and checkpoints are kept.")] = Path(".kdmkb"),
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Join this Ray cluster (default: start a local one).")] = None,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of the coordinator's /metrics (0: any free port).")] = 9400,
+) -> None:
+    """Run the coordinator until interrupted."""
+    from coordinator.server import start_server
+    from coordinator.service import Coordinator
+    from services.metrics import serve_metrics
+
+    logging.basicConfig(level=os.environ.get("KDMKB_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    coordinator = Coordinator(data_dir, ray_address)
+    server, port = start_server(coordinator, address)
+    scrape = serve_metrics(metrics_port)
+    typer.echo(f"coordinator listening on {address.rsplit(':', 1)[0]}:{port}; metrics on :{scrape}/metrics", err=True)
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    done.wait()
+    server.stop(grace=5).wait()
+    coordinator.shutdown()
+
+
+@app.command()
+@guarded
+def status(job_id: Annotated[Optional[str], typer.Argument(help="A job id; default: list every job.")] = None, coordinator: RemoteCoordinatorOption = "127.0.0.1:50051") -> None:
+    """Show jobs and their progress."""
+    from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+    from services.client import CoordinatorClient, job_report, state_name
+
+    client = CoordinatorClient(coordinator)
+    jobs = [client.stub.GetJob(pb.GetJobRequest(job_id=job_id)).job] if job_id else list(client.stub.ListJobs(pb.ListJobsRequest()).jobs)
+    for job in jobs:
+        typer.echo(f"{job.job_id}  {job.strategy:<12} {state_name(job.state):<10} round {job.round}/{job.total_rounds}  kbs: {', '.join(job.kbs)}" + (f"  error: {job.error}" if job.error else ""))
+        if job_id and job.test_metrics:
+            _print_table([job_report(job)])
+    client.close()
+
+
+@app.command()
+@guarded
+def predict(
+    kb: str,
+    head: str,
+    relation: str,
+    k: Annotated[int, typer.Option("-k", help="How many tails.")] = 10,
+    coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
+) -> None:
+    """Top-k tails for (HEAD, RELATION) in a KB."""
+    from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+    from services.client import CoordinatorClient
+
+    client = CoordinatorClient(coordinator)
+    response = client.stub.Predict(pb.PredictRequest(kb=kb, head=head, relation=relation, k=k))
+    for rank, p in enumerate(response.predictions, start=1):
+        typer.echo(f"{rank:>3}. {p.entity}\t{p.score:.4f}" + ("\t(known)" if p.known else ""))
+    client.close()
+
+
+@app.command()
+@guarded
+def export(kb: str, out: Annotated[Path, typer.Option("--out", help="Output .npz file.")], coordinator: RemoteCoordinatorOption = "127.0.0.1:50051") -> None:
+    """Export a KB's embeddings with their names to an .npz file."""
+    from services.client import CoordinatorClient
+
+    client = CoordinatorClient(coordinator)
+    counts = client.export(kb, out)
+    client.close()
+    typer.echo(f"wrote {', '.join(f'{n} {kind} vectors' for kind, n in counts.items())} to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

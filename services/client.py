@@ -1,0 +1,116 @@
+"""A small gRPC client of the coordinator: what the CLI (and any Python user) drives jobs with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+
+from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from services.config import JobFile
+
+TERMINAL_STATES = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_STOPPED}
+REPORT_KEYS = (("mrr", "mrr"), ("mr", "mr"), ("hits@1", "hits_at_1"), ("hits@3", "hits_at_3"), ("hits@10", "hits_at_10"))
+
+
+def struct(values: dict) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def state_name(state: int) -> str:
+    return pb.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def metrics_dict(message: pb.Metrics) -> dict[str, float]:
+    return {key: getattr(message, field) for key, field in REPORT_KEYS}
+
+
+class CoordinatorClient:
+    def __init__(self, address: str, timeout: float = 600.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.CoordinatorStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def submit(self, job_file: JobFile, strategy: str | None = None) -> pb.Job:
+        """Registers the job file's KBs and alignments and creates its job (not started)."""
+        for kb in job_file.kb:
+            self.stub.RegisterKB(
+                pb.RegisterKBRequest(name=kb.name, data_dir=str(kb.data), worker_type=kb.worker_type, settings=struct(kb.settings), resource=kb.resource),
+                timeout=self.timeout,
+            )
+        for alignment in job_file.alignment:
+            self.stub.RegisterAlignment(
+                pb.RegisterAlignmentRequest(
+                    kb_a=alignment.kbs[0], kb_b=alignment.kbs[1], entities_path=str(alignment.entities or ""), relations_path=str(alignment.relations or "")
+                ),
+                timeout=self.timeout,
+            )
+        settings = json_format.MessageToDict(struct(job_file.job.model_dump(exclude_none=True)))
+        request = pb.CreateJobRequest(strategy=strategy or job_file.strategy, kbs=[kb.name for kb in job_file.kb], settings=struct(settings))
+        return self.stub.CreateJob(request, timeout=self.timeout).job
+
+    def run(self, job_id: str, on_event: Callable[[pb.JobEvent], None] | None = None) -> pb.Job:
+        """Starts the job and follows its progress stream until it ends."""
+        self.stub.StartJob(pb.StartJobRequest(job_id=job_id), timeout=self.timeout)
+        for event in self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
+            if on_event:
+                on_event(event)
+            if event.state in TERMINAL_STATES:
+                break
+        return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    def export(self, kb: str, path: Path) -> dict[str, int]:
+        """Writes the KB's embeddings and names to an ``.npz`` file; returns the row counts."""
+        parts: dict[str, tuple[list, list]] = {}
+        for chunk in self.stub.ExportEmbeddings(pb.ExportEmbeddingsRequest(kb=kb), timeout=self.timeout):
+            names, vectors = parts.setdefault(chunk.kind, ([], []))
+            names.extend(chunk.names)
+            vectors.append(np.frombuffer(chunk.vectors, dtype="<f4").reshape(len(chunk.names), chunk.dim))
+        arrays = {}
+        for kind, (names, vectors) in parts.items():
+            arrays[f"{kind}_names"] = np.asarray(names)
+            arrays[f"{kind}_vectors"] = np.concatenate(vectors)
+        np.savez(path, **arrays)
+        return {kind: len(names) for kind, (names, _) in parts.items()}
+
+
+def job_report(job: pb.Job) -> dict:
+    """The report's JSON: strategy, and per KB the filtered test metrics."""
+    return {
+        "job_id": job.job_id,
+        "strategy": job.strategy,
+        "state": state_name(job.state),
+        "rounds": job.round,
+        "kbs": {kb: metrics_dict(job.test_metrics[kb]) for kb in job.kbs if kb in job.test_metrics},
+    }
+
+
+@contextmanager
+def embedded_coordinator(data_dir: str | None = None):
+    """A local Ray and an in-process coordinator, reached over its own gRPC API on 127.0.0.1."""
+    from coordinator.server import start_server
+    from coordinator.service import Coordinator
+
+    coordinator = Coordinator(data_dir)
+    server, port = start_server(coordinator, "127.0.0.1:0")
+    client = CoordinatorClient(f"127.0.0.1:{port}")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop(grace=1).wait()
+        coordinator.shutdown()

@@ -1,0 +1,125 @@
+"""Typed configuration: job settings, distillation settings and the TOML job file, validated by pydantic."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from services.errors import ConfigError
+
+
+# A KB name is used in file names, metric labels and Ray actor names.
+KB_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DistillSettings(Strict):
+    """How a student learns from soft labels (paper eq. 1, 5-9, §3.3)."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation loss: L = (1-alpha) L_own + alpha L_KD.")
+    top_k: int = Field(10, gt=0, description="Teacher's top-k candidates per query (plus as many random ones).")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of teacher and student distributions.")
+    score_dtype: Literal["float32", "float16"] = Field("float32", description="Precision of teacher scores on the wire.")
+
+
+class JobSettings(DistillSettings):
+    """Everything a job needs besides its KBs and strategy."""
+
+    rounds: int = Field(30, gt=0, description="Rounds of the job; every KB's training budget is rounds x steps_per_round steps.")
+    steps_per_round: int = Field(20, gt=0, description="Training steps of every KB per round; soft labels are exchanged once per round for all its steps.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of training alone before any distillation.")
+    seed: int = Field(0, description="Seed of model initialisation, batch order and negative sampling.")
+    eval_every: int = Field(0, ge=0, description="Evaluate on the valid split every N rounds (0: only at the end).")
+    checkpoint_every: int = Field(10, ge=0, description="Checkpoint every worker every N rounds so a restarted coordinator resumes (0: never).")
+    pretrain_rounds: int | None = Field(
+        None, ge=0, description="one-way and sequential: rounds of training alone before teachers distil (default: half of rounds)."
+    )
+    teacher: str | None = Field(None, description="one-way: the frozen teacher KB (default: the job's first KB).")
+
+    @model_validator(mode="after")
+    def _pretrain_within_rounds(self) -> "JobSettings":
+        if self.pretrain_rounds is not None and self.pretrain_rounds >= self.rounds:
+            raise ValueError(f"pretrain_rounds ({self.pretrain_rounds}) must be smaller than rounds ({self.rounds})")
+        return self
+
+    @property
+    def pretrain(self) -> int:
+        return self.rounds // 2 if self.pretrain_rounds is None else self.pretrain_rounds
+
+    def distill(self) -> DistillSettings:
+        return DistillSettings(**{name: getattr(self, name) for name in DistillSettings.model_fields})
+
+
+class KBEntry(Strict):
+    name: str = Field(description="Unique name of the KB.")
+    data: Path = Field(description="KB folder (train/valid/test TSV); relative to the job file.")
+    worker_type: str = Field("transe", description="Registered worker type.")
+    settings: dict = Field(default_factory=dict, description="Worker-type settings.")
+    resource: str = Field("", description="Optional Ray resource the KB's worker needs (the node that holds its data).")
+
+
+class AlignmentEntry(Strict):
+    kbs: tuple[str, str] = Field(description="The two aligned KBs.")
+    entities: Path | None = Field(None, description="TSV of entity name pairs; default: identical names.")
+    relations: Path | None = Field(None, description="TSV of relation name pairs; default: identical names.")
+
+
+class JobFile(Strict):
+    """A TOML job file: ``[job]`` settings, ``[[kb]]`` entries and ``[[alignment]]`` entries."""
+
+    strategy: str = Field("cooperative", description="none, one-way, sequential or cooperative.")
+    job: JobSettings = Field(default_factory=JobSettings)
+    kb: list[KBEntry] = Field(min_length=1)
+    alignment: list[AlignmentEntry] = Field(default_factory=list)
+
+    @field_validator("kb")
+    @classmethod
+    def _unique_names(cls, entries: list[KBEntry]) -> list[KBEntry]:
+        names = [entry.name for entry in entries]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate KB names: {', '.join(duplicates)}")
+        return entries
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """``field.path: message`` for each problem, the form every kdmkb config error takes."""
+    parts = []
+    for problem in error.errors():
+        location = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
+        parts.append(f"{location or prefix or 'value'}: {problem['msg']}")
+    return "; ".join(parts)
+
+
+def validate(model: type[BaseModel], raw: dict, prefix: str = ""):
+    """``model.model_validate(raw)`` with a :class:`ConfigError` naming the bad field."""
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, prefix)) from None
+
+
+def load_job_file(path: Path | str) -> JobFile:
+    """Reads a TOML job file; relative paths in it are resolved against the file's folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: job file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    job = validate(JobFile, raw, prefix="")
+    base = path.parent
+    for entry in job.kb:
+        entry.data = (base / entry.data).resolve()
+    for alignment in job.alignment:
+        alignment.entities = (base / alignment.entities).resolve() if alignment.entities else None
+        alignment.relations = (base / alignment.relations).resolve() if alignment.relations else None
+    return job

@@ -1,0 +1,21 @@
+"""Domain errors shared by every package, so each layer can map them to a status or exit code."""
+
+
+class KdmkbError(Exception):
+    """Base of every error kdmkb raises on purpose; its message is meant for the user."""
+
+
+class DataError(KdmkbError, ValueError):
+    """A data file (triples, vocabulary, alignment) is malformed or inconsistent."""
+
+
+class ConfigError(KdmkbError, ValueError):
+    """A setting is invalid; the message names the field."""
+
+
+class NotFoundError(KdmkbError, LookupError):
+    """A named KB, job, entity or relation does not exist."""
+
+
+class PreconditionError(KdmkbError, RuntimeError):
+    """The request is valid but the system is not in a state to serve it."""

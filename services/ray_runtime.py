@@ -1,0 +1,34 @@
+"""Starting or joining Ray for the coordinator, with the settings measured to work on small machines."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from services.errors import KdmkbError
+
+# Busy-waiting OpenMP threads of torch and faiss slow each other down on two cores.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "RAY_AUTH_MODE": "disabled"}
+
+
+def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int = 512) -> None:
+    """Joins the Ray cluster at ``address`` or starts a local one (no dashboard, small object store)."""
+    if ray.is_initialized():
+        return
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    kwargs: dict = {"logging_level": "WARNING", "log_to_driver": False}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20)
+    ray.init(**kwargs)
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The kdmkb error a Ray task raised, or the error itself: callers map it to a status."""
+    cause = getattr(error, "cause", None)
+    if isinstance(error, ray.exceptions.RayError) and isinstance(cause, KdmkbError | ValueError | LookupError | FloatingPointError):
+        return cause
+    return error

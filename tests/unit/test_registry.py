@@ -1,0 +1,131 @@
+"""The worker-type registry: lookup errors, every registered type trains, every type has score tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pydantic
+import pytest
+import torch
+
+from kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
+from services.errors import ConfigError
+from services.registry import Registry
+
+BUILT_IN = ("complex", "distmult", "rotate", "transe")
+
+
+def _scoring_test_module():
+    spec = importlib.util.spec_from_file_location("_unit_test_scoring_cases", Path(__file__).with_name("test_scoring.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unknown_worker_type_lists_the_known_ones():
+    with pytest.raises(ConfigError) as raised:
+        WORKER_TYPES.get("transh")
+    message = str(raised.value)
+    assert "'transh'" in message
+    for name in BUILT_IN:
+        assert name in message
+
+
+def test_built_in_worker_types_are_registered():
+    assert set(BUILT_IN) <= set(WORKER_TYPES.names())
+    assert WORKER_TYPES.names() == sorted(WORKER_TYPES.names()) == list(WORKER_TYPES)
+    assert "transe" in WORKER_TYPES and "nope" not in WORKER_TYPES
+
+
+def test_every_worker_type_has_scoring_tests():
+    """A new worker type must get a case (and its reference formula) in test_scoring.CASES."""
+    covered = _scoring_test_module().COVERED_WORKER_TYPES
+    missing = set(WORKER_TYPES.names()) - set(covered)
+    assert not missing, f"worker types without a case in tests/unit/test_scoring.py: {sorted(missing)}"
+
+
+def test_registry_rejects_a_second_registration():
+    registry: Registry[type] = Registry("thing")
+    registry.register("a")(int)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("a")(float)
+    assert registry.get("a") is int
+    with pytest.raises(ConfigError, match="unknown thing 'b'; known: a"):
+        registry.get("b")
+
+
+@pytest.fixture
+def train_kb(make_kb):
+    rng = torch.Generator().manual_seed(0)
+    triples = torch.stack([torch.randint(12, (40,), generator=rng), torch.randint(3, (40,), generator=rng), torch.randint(12, (40,), generator=rng)], 1)
+    return make_kb(12, 3, train=triples.numpy())
+
+
+@pytest.mark.parametrize("name", WORKER_TYPES.names())
+@pytest.mark.parametrize("loss", ["self-adversarial", "logistic"])
+def test_every_worker_type_builds_and_trains_one_step(name, loss, train_kb):
+    cls = WORKER_TYPES.get(name)
+    assert issubclass(cls, WorkerType)
+    settings = cls.validate_settings({"dim": 8, "negatives": 4, "loss": loss, "regularization": 0.01})
+    worker = cls(train_kb, settings)
+    assert worker.num_entities == 12 and worker.num_relations == 3
+    assert worker.num_parameters() == sum(p.numel() for p in worker.modules().parameters()) > 0
+    before = {key: value.clone() for key, value in worker.modules().state_dict().items()}
+    optimizer = torch.optim.Adam(worker.modules().parameters(), lr=0.01)
+    batch = torch.from_numpy(train_kb.train[:16])
+    loss_value = worker.train_loss(batch)
+    assert loss_value.ndim == 0 and math.isfinite(loss_value.item())
+    loss_value.backward()
+    optimizer.step()
+    after = worker.modules().state_dict()
+    for key in ("entity.weight", "relation.weight"):
+        changed = (after[key] != before[key]).any(dim=1)
+        used = torch.unique(batch[:, 1]) if key.startswith("relation") else torch.unique(batch[:, [0, 2]])
+        assert changed[used].all(), f"{key}: a row used by the batch did not move"
+    exported = worker.embeddings()
+    assert exported["entity"].shape[0] == 12 and exported["relation"].shape[0] == 3
+    assert str(exported["entity"].dtype) == "float32"
+
+
+def test_settings_are_validated():
+    cls = WORKER_TYPES.get("transe")
+    with pytest.raises(pydantic.ValidationError, match="dimm"):
+        cls.validate_settings({"dimm": 3})
+    with pytest.raises(pydantic.ValidationError, match="dim"):
+        cls.validate_settings({"dim": 0})
+    with pytest.raises(pydantic.ValidationError, match="norm"):
+        cls.validate_settings({"norm": 3})
+    defaults = cls.validate_settings(None)
+    assert defaults.dim == 100 and defaults.norm == 1
+
+
+@pytest.mark.parametrize("name", WORKER_TYPES.names())
+def test_negatives_are_sampled_over_all_entities(name, make_kb):
+    """A batch of two triples still moves most other entities: they were drawn as negatives."""
+    kb = make_kb(12, 2, train=[[0, 0, 1], [2, 1, 3]])
+    cls = WORKER_TYPES.get(name)
+    worker = cls(kb, cls.validate_settings({"dim": 4, "negatives": 32}))
+    worker.train_loss(torch.from_numpy(kb.train)).backward()
+    moved = worker.modules().entity.weight.grad.abs().sum(dim=1) > 0
+    assert moved[:4].all()
+    assert int(moved[4:].sum()) >= 6, moved
+
+
+@pytest.mark.parametrize("name", WORKER_TYPES.names())
+@pytest.mark.parametrize("loss", ["self-adversarial", "logistic"])
+def test_true_triples_are_not_used_as_negatives(name, loss, make_kb):
+    """With every possible triple in train, every corruption is true: only the positive term is left."""
+    kb = make_kb(3, 1, train=[[h, 0, t] for h in range(3) for t in range(3)])
+    cls = WORKER_TYPES.get(name)
+    worker = cls(kb, cls.validate_settings({"dim": 4, "negatives": 8, "loss": loss}))
+    batch = torch.from_numpy(kb.train)
+    with torch.no_grad():
+        positive = worker.score_candidates(QueryKind.TAIL, batch[:, :2], batch[:, 2:])[:, 0] + worker.modules().margin
+        got = worker.train_loss(batch)
+    positive_term = torch.nn.functional.softplus(-positive).mean()  # -log sigmoid(p)
+    expected = positive_term / 2 if loss == "self-adversarial" else positive_term
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
