@@ -19,7 +19,7 @@ from kb_worker.actor import spawn_worker
 from kb_worker.worker_types import WORKER_TYPES
 from services import metrics
 from services.config import KB_NAME_PATTERN, JobSettings, validate
-from services.errors import ConfigError, KdmkbError, NotFoundError, PreconditionError
+from services.errors import ConfigError, DataError, KdmkbError, NotFoundError, PreconditionError
 from services.ray_runtime import ensure_ray, unwrap
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,9 @@ class Coordinator:
         handle = spawn_worker(name, spec["data_dir"], worker_type, spec["settings"], resource)
         try:
             info = self._call(handle.open.remote())
+        except DataError as error:  # the folder's problem, named as the request field it came from
+            ray.kill(handle)
+            raise DataError(f"data_dir: {error}") from None
         except BaseException:
             ray.kill(handle)
             raise
@@ -119,6 +122,7 @@ class Coordinator:
             if existing:
                 ray.kill(existing.handle)
                 self._alignments = {key: a for key, a in self._alignments.items() if name not in key}
+                self._persist_alignments()
             self._kbs[name] = _KB(spec, handle, info)
             self._persist_kbs()
         return self._describe_kb(name)
@@ -250,11 +254,17 @@ class Coordinator:
         runner = self._runners.get(job_id)
         channel = runner.subscribe() if runner else None
         try:
-            yield JobEvent(job.job_id, "state", job.state, job.round, job.total_rounds, {k: dict(v) for k, v in job.progress.items()}, message=job.error)
-            while channel is not None and job.state not in TERMINAL and is_active():
+            state = job.state
+            yield JobEvent(job.job_id, "state", state, job.round, job.total_rounds, {k: dict(v) for k, v in job.progress.items()}, message=job.error)
+            # Subscribed before that snapshot: every later event, the terminal one included, is in
+            # the channel. Checking job.state here instead would end the stream between the state
+            # change and its event, without the terminal event.
+            while channel is not None and state not in TERMINAL and is_active():
                 try:
                     event = channel.get(timeout=poll_seconds)
                 except queue.Empty:
+                    if not runner.is_alive() and channel.empty():
+                        return  # interrupted by a shutdown: no terminal event will come
                     continue
                 yield event
                 if event.state in TERMINAL:

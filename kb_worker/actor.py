@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import ray
 
@@ -35,8 +36,12 @@ class KBWorkerActor(KBWorker):
 
 
 def spawn_worker(name: str, data_dir: str, worker_type: str, settings: dict, resource: str = "", namespace_prefix: str = "kdmkb") -> "ray.actor.ActorHandle":
-    """Starts the KB's actor; it asks for no CPU so that several KBs can share a small node."""
-    options: dict = {"num_cpus": 0, "name": f"{namespace_prefix}-kb-{name}-{os.getpid()}", "max_concurrency": 1}
+    """Starts the KB's actor; it asks for no CPU so that several KBs can share a small node.
+
+    The actor name is unique per spawn: the KB's previous actor (re-registration, a failed
+    registration, another coordinator of this process) may still hold a name until Ray reaps it.
+    """
+    options: dict = {"num_cpus": 0, "name": f"{namespace_prefix}-kb-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}", "max_concurrency": 1}
     if resource:
         options["resources"] = {resource: 0.001}
     return ray.remote(KBWorkerActor).options(**options).remote(name, data_dir, worker_type, settings)

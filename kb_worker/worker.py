@@ -58,6 +58,7 @@ class _PeerPools:
     relation_mask: torch.Tensor
     entity_pool: torch.Tensor
     relation_pool: torch.Tensor
+    signature: int  # equal for peers that share exactly the same ids, so their lessons are computed once
 
 
 def _lookup_table(local_to_alignment: np.ndarray) -> np.ndarray:
@@ -128,7 +129,10 @@ class KBWorker:
         for peer, (entity_ids, relation_ids) in view.peers.items():
             entity_mask = torch.from_numpy(np.isin(self._entity_aid, np.asarray(entity_ids, dtype=np.int64)))
             relation_mask = torch.from_numpy(np.isin(self._relation_aid, np.asarray(relation_ids, dtype=np.int64)))
-            self._peers[peer] = _PeerPools(entity_mask, relation_mask, entity_mask.nonzero().flatten(), relation_mask.nonzero().flatten())
+            entity_pool, relation_pool = entity_mask.nonzero().flatten(), relation_mask.nonzero().flatten()
+            signature = hash((entity_pool.numpy().tobytes(), relation_pool.numpy().tobytes()))
+            self._peers[peer] = _PeerPools(entity_mask, relation_mask, entity_pool, relation_pool, signature)
+        self._candidate_cache: dict[tuple[int, QueryKind], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def configure(self, job_id: str, seed: int, distill: dict | None = None, alignment: AlignmentView | None = None) -> dict:
         """Starts a job: a fresh model and optimiser from ``seed``, the job's distillation settings."""
@@ -142,6 +146,7 @@ class KBWorker:
         self.step = 0
         self._cursor = len(self._train)
         self._round_batches = []
+        self._candidate_cache = {}
         return {"parameters": self.model.num_parameters()}
 
     def _require_model(self) -> WorkerType:
@@ -150,12 +155,12 @@ class KBWorker:
         return self.model
 
     def _next_batch(self) -> torch.Tensor:
-        """The next batch of an epoch-wise shuffled pass over the KB's own training triples."""
+        """Row ids of the next batch of an epoch-wise shuffled pass over the KB's own training triples."""
         size = min(self.settings.batch_size, len(self._train))
         if self._cursor + size > len(self._order):
             self._order = torch.randperm(len(self._train))
             self._cursor = 0
-        batch = self._train[self._order[self._cursor : self._cursor + size]]
+        batch = self._order[self._cursor : self._cursor + size]
         self._cursor += size
         return batch
 
@@ -172,9 +177,12 @@ class KBWorker:
         payloads, sizes = [], {}
         model.modules().eval()
         with torch.no_grad():
+            lessons: dict[int, list[soft_labels.Block]] = {}
             for student in students:
                 pools = self._peers.get(student)
-                blocks = [] if pools is None else self._soft_labels(model, pools)
+                if pools is not None and pools.signature not in lessons:
+                    lessons[pools.signature] = self._soft_labels(model, pools)
+                blocks = [] if pools is None else lessons[pools.signature]
                 payload = soft_labels.encode(soft_labels.Lesson(self.job_id, round_, self.name, student, tuple(blocks)))
                 payloads.append(payload)
                 sizes[student] = len(payload)
@@ -186,7 +194,8 @@ class KBWorker:
 
     def _soft_labels(self, model: WorkerType, pools: _PeerPools) -> list[soft_labels.Block]:
         steps = torch.cat([torch.full((len(b),), s) for s, b in enumerate(self._round_batches)])
-        heads, relations, tails = torch.cat(self._round_batches).unbind(dim=1)
+        rows = torch.cat(self._round_batches)
+        heads, relations, tails = self._train[rows].unbind(dim=1)
         e, r = pools.entity_mask, pools.relation_mask
         k = self.distill.top_k
         score_dtype = np.dtype(self.distill.score_dtype)
@@ -203,7 +212,7 @@ class KBWorker:
             if kind == QueryKind.RELATION:
                 candidates = pool.expand(queries.shape[0], -1)
             else:
-                top = model.top_candidates(kind, queries, pool, k)
+                top = self._top_candidates(model, pools, kind, queries, rows[selected], k)
                 random = pool[torch.randint(pool.numel(), (queries.shape[0], k))]
                 candidates = torch.cat([top, random], dim=1)
             scores = model.score_candidates(kind, queries, candidates).numpy().astype(score_dtype)
@@ -211,9 +220,27 @@ class KBWorker:
             query_ids = np.stack([first_ids[queries[:, 0].numpy()], second_ids[queries[:, 1].numpy()]], axis=1)
             query_steps = steps[selected].numpy()
             for step in np.unique(query_steps):
-                rows = query_steps == step
-                blocks.append(soft_labels.Block(kind, int(step), query_ids[rows], candidate_ids[rows], scores[rows]))
+                at_step = query_steps == step
+                blocks.append(soft_labels.Block(kind, int(step), query_ids[at_step], candidate_ids[at_step], scores[at_step]))
         return blocks
+
+    def _top_candidates(self, model: WorkerType, pools: _PeerPools, kind: QueryKind, queries: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
+        """The teacher's top-k among the pool, searched again only for triples whose last search is stale.
+
+        The search is the costly part of teaching (every query against every aligned entity),
+        while a query's best candidates move slowly; the scores sent over them are always fresh.
+        """
+        key = (pools.signature, kind)
+        if key not in self._candidate_cache:
+            width = min(k, pools.entity_pool.numel())
+            self._candidate_cache[key] = (torch.full((len(self._train), width), -1), torch.full((len(self._train),), -(2**62)))
+        top, searched_at = self._candidate_cache[key]
+        max_age = self.distill.candidate_refresh_epochs * len(self._train) / self.settings.batch_size
+        stale = (self.step - searched_at[rows]) > max_age
+        if bool(stale.any()):
+            top[rows[stale]] = model.top_candidates(kind, queries[stale], pools.entity_pool, k)
+            searched_at[rows[stale]] = self.step
+        return top[rows]
 
     # -- learning --------------------------------------------------------------------------
     def _to_local(self, table: np.ndarray, ids: np.ndarray, what: str, teacher: str) -> torch.Tensor:
@@ -272,7 +299,7 @@ class KBWorker:
         """``steps`` updates on this round's batches, each ``(1-alpha) L_own + alpha L_KD`` when it has soft labels."""
         model = self._require_model()
         lessons = self._lessons_by_step(payloads)
-        batches = self._round_batches or [self._next_batch() for _ in range(steps)]
+        batches = [self._train[rows] for rows in self._round_batches or [self._next_batch() for _ in range(steps)]]
         self._round_batches = []
         alpha = self.distill.alpha
         labels = (self.name, self.job_id)

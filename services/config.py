@@ -27,6 +27,9 @@ class DistillSettings(Strict):
     top_k: int = Field(10, gt=0, description="Teacher's top-k candidates per query (plus as many random ones).")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of teacher and student distributions.")
     score_dtype: Literal["float32", "float16"] = Field("float32", description="Precision of teacher scores on the wire.")
+    candidate_refresh_epochs: float = Field(
+        2.0, ge=0, description="A teacher searches a training triple's top-k candidates again once its last search is this many epochs old (0: every visit)."
+    )
 
 
 class JobSettings(DistillSettings):

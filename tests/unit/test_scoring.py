@@ -16,7 +16,7 @@ import torch
 
 from kb_worker.scoring import METRICS, all_pairs_scores, matched_scores
 from kb_worker.worker_types import WORKER_TYPES, QueryKind
-from kb_worker.worker_types.structural import FAISS_METRICS
+from kb_worker.worker_types.structural import EXACT_METRICS, RERANK_FACTOR
 
 TAIL, HEAD, RELATION = QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION
 
@@ -68,7 +68,8 @@ CASES = {
     "rotate": Case("rotate", {}, rotate_reference, ([[1, 0], [3, 1]], [[math.pi / 2]], (0, 0, 1), -3.0)),
 }
 COVERED_WORKER_TYPES = frozenset(case.worker for case in CASES.values())
-FAISS_CASES = [name for name, case in CASES.items() if case.worker != "rotate"]
+FAISS_CASES = list(CASES)  # every structural model retrieves with faiss (l1 and rotate through an L2 shortlist)
+EXACT_CASES = [name for name, case in CASES.items() if case.worker in ("distmult", "complex") or name == "transe-l2"]
 
 
 def build(case: Case, kb, dim: int):
@@ -200,9 +201,26 @@ def brute_force_top(worker, kind, queries, pool, k):
     return [set(row) for row in pool[order[:, :k]].tolist()], scores
 
 
+def l2_shortlist(worker, kind, queries, pool, k):
+    """Reference of the L2 shortlist that L1 and RotatE rerank: plain torch, no faiss."""
+    with torch.no_grad():
+        vectors = worker._queries(kind, queries)
+        keys = worker.model.key(worker.model.entity.weight[pool])
+        distances = ((vectors[:, None, :] - keys[None, :, :]) ** 2).sum(-1)
+    size = min(pool.numel(), RERANK_FACTOR * k)
+    return pool[distances.argsort(dim=1)[:, :size]]
+
+
 def check_top_candidates(worker, kind, queries, pool, k):
     got = worker.top_candidates(kind, queries, pool, k)
-    expected, scores = brute_force_top(worker, kind, queries, pool, k)
+    if worker.model.metric in EXACT_METRICS:
+        expected, scores = brute_force_top(worker, kind, queries, pool, k)
+    else:  # the exact top-k of the L2 shortlist
+        shortlist = l2_shortlist(worker, kind, queries, pool, k)
+        with torch.no_grad():
+            shortlist_scores = worker.score_candidates(kind, queries, shortlist)
+        expected = [set(row) for row in shortlist.gather(1, shortlist_scores.topk(min(k, pool.numel()), dim=1).indices).tolist()]
+        _, scores = brute_force_top(worker, kind, queries, pool, k)
     assert got.shape == (queries.shape[0], min(k, pool.numel()))
     assert [set(row) for row in got.tolist()] == expected
     # best first
@@ -216,7 +234,7 @@ def test_top_candidates_matches_brute_force(case_name, k, make_kb):
     case = CASES[case_name]
     num_entities = 40
     worker = random_worker(case, make_kb(num_entities, NUM_RELATIONS), dim=4, seed=6)
-    assert (worker.model.metric in FAISS_METRICS) == (case_name in FAISS_CASES)  # both paths covered
+    assert (worker.model.metric in EXACT_METRICS) == (case_name in EXACT_CASES)  # both paths covered
     generator = torch.Generator().manual_seed(7)
     pool = torch.randperm(num_entities, generator=generator)[:17]
     heads = torch.randint(num_entities, (6,), generator=generator)
@@ -271,3 +289,18 @@ def test_matched_scores_hand_computed():
     assert matched_scores(q, k, "complex_l1").item() == pytest.approx(-(math.sqrt(17) + 3), abs=1e-5)
     with pytest.raises(ValueError, match="unknown metric"):
         matched_scores(q, k, "cosine")
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n not in EXACT_CASES])
+def test_reranked_shortlist_recalls_the_exact_top_k(name, make_kb):
+    """L1 and RotatE retrieve by L2 then rerank: most of the exact top-k must survive."""
+    num_entities = 300
+    worker = random_worker(CASES[name], make_kb(num_entities, NUM_RELATIONS), dim=32, seed=11)
+    generator = torch.Generator().manual_seed(12)
+    queries = torch.stack([torch.randint(num_entities, (50,), generator=generator), torch.randint(NUM_RELATIONS, (50,), generator=generator)], 1)
+    pool = torch.arange(num_entities)
+    got = worker.top_candidates(TAIL, queries, pool, 10)
+    with torch.no_grad():
+        exact = worker.score_candidates(TAIL, queries, pool.expand(50, -1)).topk(10, dim=1).indices
+    recall = sum(len(set(a) & set(b)) for a, b in zip(got.tolist(), exact.tolist())) / exact.numel()
+    assert recall >= 0.9, recall

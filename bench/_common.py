@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmark scripts: environment set-up and the hardware/command header.
+
+Import this module before torch or faiss: it sets ``OMP_WAIT_POLICY=PASSIVE`` when unset, because
+OpenMP threads that busy-wait between parallel regions slow both torch and faiss down on a small,
+shared machine (measured on this project's 2-core machine).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min)"
+
+
+def header(title: str) -> None:
+    """Prints the exact command line, the date and the hardware; call after torch threads are set."""
+    import faiss
+    import torch
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"# {title}")
+    print(f"command: {shlex.join([sys.executable.rsplit('/', 1)[-1], *sys.argv])}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(
+        f"hardware: nproc={affinity} (os.cpu_count()={os.cpu_count()}), cpu={cpu_model()!r}, "
+        f"torch threads={torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    )
+    print(f"software: python {platform.python_version()}, torch {torch.__version__}, faiss {faiss.__version__}")
+    print(f"load average at start: {load_average()}")
+    sys.stdout.flush()
