@@ -32,7 +32,7 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f} (1/5/15 min)"
 
 
-def header(title: str) -> None:
+def header(title: str, threads: str | None = None) -> None:
     """Prints the exact command line, the date and the hardware; call after torch threads are set."""
     import faiss
     import torch
@@ -43,7 +43,7 @@ def header(title: str) -> None:
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(
         f"hardware: nproc={affinity} (os.cpu_count()={os.cpu_count()}), cpu={cpu_model()!r}, "
-        f"torch threads={torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+        f"torch threads={threads or torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
     )
     print(f"software: python {platform.python_version()}, torch {torch.__version__}, faiss {faiss.__version__}")
     print(f"load average at start: {load_average()}")

@@ -45,6 +45,9 @@ class KnowledgeBase:
     train: np.ndarray
     valid: np.ndarray
     test: np.ndarray
+    # True triples from known.tsv that the KB never trains on, only filters rankings with (a split
+    # KB's evaluation filters the facts its peers hold, as the full dataset's protocol does).
+    filter_only: np.ndarray = field(default_factory=lambda: np.empty((0, 3), dtype=np.int64))
 
     def split(self, name: str) -> np.ndarray:
         if name not in SPLITS:
@@ -52,8 +55,8 @@ class KnowledgeBase:
         return getattr(self, name)
 
     def known_triples(self) -> np.ndarray:
-        """Every triple of the KB (train, valid and test): the filter of filtered ranking."""
-        return np.concatenate([self.train, self.valid, self.test])
+        """Every true triple the KB knows (train, valid, test, known.tsv): the filter of filtered ranking."""
+        return np.concatenate([self.train, self.valid, self.test, self.filter_only])
 
 
 def read_vocabulary(path: Path, what: str) -> Vocabulary:
@@ -88,8 +91,8 @@ def _to_ids(path: Path, rows, entities: Vocabulary, relations: Vocabulary) -> np
 def load_kb(folder: Path | str) -> KnowledgeBase:
     """Loads a KB folder; raises :class:`DataError` naming file, line and problem.
 
-    With ``entities.tsv`` / ``relations.tsv`` present, every id in the triples must be listed
-    there. Without them, the vocabulary is every id seen in train, valid and test, in order of
+    An optional ``known.tsv`` lists more true triples that only filter rankings. With
+    ``entities.tsv`` / ``relations.tsv`` present, every id in the triples must be listed there. Without them, the vocabulary is every id seen in train, valid and test, in order of
     first appearance.
     """
     folder = Path(folder)
@@ -112,4 +115,7 @@ def load_kb(folder: Path | str) -> KnowledgeBase:
         entities = entities or Vocabulary.of(seen_entities)
         relations = relations or Vocabulary.of(seen_relations)
     arrays = {split: _to_ids(paths[split], rows[split], entities, relations) for split in SPLITS}
-    return KnowledgeBase(entities, relations, arrays["train"], arrays["valid"], arrays["test"])
+    known_file = find_file(folder, "known", required=False)
+    if known_file:
+        arrays["filter_only"] = _to_ids(known_file, read_triples(known_file), entities, relations)
+    return KnowledgeBase(entities, relations, **arrays)

@@ -147,10 +147,12 @@ def _write(root: Path, kb: KnowledgeBase, kb_names, trains, pairs) -> None:
     def named(triples: np.ndarray):
         return ((entities[h], relations[r], entities[t]) for h, r, t in triples.tolist())
 
-    for name, train in zip(kb_names, trains):
+    for index, (name, train) in enumerate(zip(kb_names, trains)):
         folder = root / name
         folder.mkdir()
         write_rows(folder / "train.tsv", named(train))
+        # The peers' train triples are true facts too: evaluation filters them (never trains on them).
+        write_rows(folder / "known.tsv", named(np.concatenate([t for other, t in enumerate(trains) if other != index])))
         write_rows(folder / "valid.tsv", named(kb.valid))
         write_rows(folder / "test.tsv", named(kb.test))
         write_rows(folder / "entities.tsv", ((e,) for e in entities))

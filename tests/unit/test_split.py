@@ -176,8 +176,22 @@ def test_custom_names_and_layout(dataset, tmp_path):
     ]
     for name in summary.kb_names:
         assert sorted(p.name for p in (tmp_path / "out" / name).iterdir()) == [
-            "entities.tsv", "relations.tsv", "test.tsv", "train.tsv", "valid.tsv",
+            "entities.tsv", "known.tsv", "relations.tsv", "test.tsv", "train.tsv", "valid.tsv",
         ]
+
+
+def test_known_triples_are_the_peers_train_parts_and_only_filter(dataset, tmp_path):
+    """Each KB filters its evaluation with the facts its peers train on, but never trains on them."""
+    summary = split_dataset(dataset, tmp_path / "out", kbs=3, seed=0)
+    source = load_kb(dataset)
+    kbs = {name: load_kb(tmp_path / "out" / name) for name in summary.kb_names}
+    as_set = lambda kb, triples: {(kb.entities.names[h], kb.relations.names[r], kb.entities.names[t]) for h, r, t in triples.tolist()}
+    everything = as_set(source, source.train)
+    for name, kb in kbs.items():
+        own, known = as_set(kb, kb.train), as_set(kb, kb.filter_only)
+        assert not own & known and own | known == everything
+        assert len(kb.filter_only) == len(source.train) - len(kb.train)
+        assert as_set(kb, kb.known_triples()) >= everything | as_set(kb, kb.test)
     assert sorted(tmp_path.iterdir()) == [tmp_path / "data", tmp_path / "out"]
 
 

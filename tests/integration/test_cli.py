@@ -1,0 +1,197 @@
+"""The ``kdmkb`` command line: ``split`` and ``run`` in-process (CliRunner), and the installed script once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.config import load_job_file
+from services.datasets import dataset_dir
+from services.split import split_dataset, write_job_file
+
+NATIONS = dataset_dir("nations")
+REPORT_METRICS = {"mrr", "mr", "hits@1", "hits@3", "hits@10"}
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, [str(arg) for arg in args])
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return invoke
+
+
+def _malformed_dataset(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    lines = (NATIONS / "train.tsv").read_text(encoding="utf-8").splitlines()[:20]
+    lines[6] = "usa\tembassy"  # line 7: two columns
+    (folder / "train.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for split in ("valid", "test"):
+        (folder / f"{split}.tsv").write_text((NATIONS / f"{split}.tsv").read_text(encoding="utf-8"), encoding="utf-8")
+    return folder
+
+
+def _assert_failed(result, *fragments: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+    assert "Traceback" not in result.output
+    assert "error:" not in result.stdout
+
+
+# -- split ------------------------------------------------------------------------------------
+
+
+def test_split_writes_kbs_and_a_job_file(cli, tmp_path):
+    out = tmp_path / "kbs"
+    result = cli("split", NATIONS, "--out", out, "--kbs", 3, "--seed", 4)
+    assert result.exit_code == 0, result.output
+    provenance = json.loads((out / "split.json").read_text())
+    assert provenance["kb_names"] == ["kb1", "kb2", "kb3"]
+    for name, count in provenance["train_counts"].items():
+        assert f"{name}: {count} train triples" in result.stdout
+        assert len((out / name / "train.tsv").read_text().splitlines()) == count
+    assert sum(provenance["train_counts"].values()) == len((NATIONS / "train.tsv").read_text().splitlines())
+    for pair in provenance["pairs"]:
+        a, b = pair["kbs"]
+        assert f"{a} <-> {b}: {pair['aligned_entities']} entities, {pair['aligned_relations']} relations aligned" in result.stdout
+    job_file = out / "job.toml"
+    assert f"kdmkb run {job_file}" in result.stdout
+    raw = tomllib.loads(job_file.read_text())
+    assert raw["strategy"] == "cooperative"
+    job = load_job_file(job_file)
+    assert [kb.name for kb in job.kb] == ["kb1", "kb2", "kb3"]
+    assert all(kb.data == (out / kb.name).resolve() and kb.data.is_dir() for kb in job.kb)
+    assert len(job.alignment) == 3 and all(a.entities.is_file() and a.relations.is_file() for a in job.alignment)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (["--kbs", "1"], ["kbs", "must be an integer >= 2"]),
+        (["--align", "2.5"], ["align", "'2.5'"]),
+        (["--align", "half"], ["align", "'half'", "co-occurring"]),
+        (["--seed", "-1"], ["seed"]),
+    ],
+    ids=["kbs-1", "align-2.5", "align-word", "negative-seed"],
+)
+def test_split_rejects_bad_options(cli, tmp_path, options, fragments):
+    out = tmp_path / "kbs"
+    _assert_failed(cli("split", NATIONS, "--out", out, *options), *fragments)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging leftovers either
+
+
+def test_split_rejects_a_malformed_dataset(cli, tmp_path):
+    dataset = _malformed_dataset(tmp_path / "dataset")
+    out = tmp_path / "kbs"
+    _assert_failed(cli("split", dataset, "--out", out), "train.tsv line 7", "expected 3 tab-separated columns, found 2")
+    assert not out.exists()
+
+
+def test_split_rejects_a_missing_dataset_and_a_full_out_dir(cli, tmp_path):
+    _assert_failed(cli("split", tmp_path / "nowhere", "--out", tmp_path / "kbs"), "nowhere")
+    assert not (tmp_path / "kbs").exists()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    _assert_failed(cli("split", NATIONS, "--out", full), "out_dir", "refusing to overwrite")
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def test_installed_script_reports_errors_on_stderr(tmp_path):
+    """The ``kdmkb`` console script itself: exit code 2 and one line on stderr, no traceback."""
+    dataset = _malformed_dataset(tmp_path / "dataset")
+    script = Path(sys.executable).with_name("kdmkb")
+    env = {**os.environ, "NO_COLOR": "1"}
+    result = subprocess.run([str(script), "split", str(dataset), "--out", str(tmp_path / "kbs")], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2, result
+    assert "train.tsv line 7" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "kbs").exists()
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def job_file(tmp_path_factory, worker_settings) -> Path:
+    """A tiny two-KB nations job (2 rounds) as ``kdmkb split`` writes it."""
+    summary = split_dataset(NATIONS, tmp_path_factory.mktemp("cli") / "kbs", kbs=2, seed=1)
+    job = {"rounds": 2, "steps_per_round": 3, "checkpoint_every": 0, "eval_every": 0, "top_k": 4}
+    return write_job_file(summary, worker_settings=worker_settings, job=job)
+
+
+def _check_report(path: Path, strategy: str) -> dict:
+    report = json.loads(path.read_text())
+    assert report["strategy"] == strategy
+    assert report["state"] == "SUCCEEDED" and report["rounds"] == 2
+    assert set(report["kbs"]) == {"kb1", "kb2"}
+    for metrics in report["kbs"].values():
+        assert set(metrics) == REPORT_METRICS
+        assert 0 < metrics["mrr"] <= 1 and metrics["mr"] >= 1
+        assert 0 <= metrics["hits@1"] <= metrics["hits@3"] <= metrics["hits@10"] <= 1
+    return report
+
+
+def test_run_writes_a_report(cli, ray_session, job_file, tmp_path):
+    report_path = tmp_path / "r.json"
+    result = cli("run", job_file, "--report", report_path)
+    assert result.exit_code == 0, result.output
+    report = _check_report(report_path, "cooperative")
+    assert f"report written to {report_path}" in result.stdout
+    for kb, metrics in report["kbs"].items():
+        assert any(line.split()[:2] == [kb, "cooperative"] and f"{metrics['mrr']:.4f}" in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_run_on_a_running_coordinator_with_another_strategy(cli, grpc_address, job_file, tmp_path):
+    report_path = tmp_path / "r.json"
+    result = cli("run", job_file, "--coordinator", grpc_address, "--strategy", "none", "--report", report_path)
+    assert result.exit_code == 0, result.output
+    _check_report(report_path, "none")
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"),
+    [
+        (lambda text: text.replace("strategy =", "strateggy =", 1), ["strateggy", "Extra inputs are not permitted"]),
+        (lambda text: text.replace("[job]\n", "[job]\nroundz = 3\n", 1), ["job.roundz"]),
+        (lambda text: text.replace("rounds = 2", "rounds = 0", 1), ["job.rounds"]),
+        (lambda text: text.replace('worker_type = "transe"\n', 'worker_type = "transe"\ncolour = "red"\n', 1), ["kb.0.colour"]),
+        (lambda text: text.replace('name = "kb2"', 'name = "kb1"', 1), ["duplicate KB names: kb1"]),
+        (lambda text: text + "\nthis is not toml\n", ["bad-", "not valid TOML"]),
+    ],
+    ids=["unknown-key", "unknown-job-key", "zero-rounds", "unknown-kb-key", "duplicate-kb", "syntax"],
+)
+def test_run_rejects_a_bad_job_file(cli, job_file, tmp_path, edit, fragments):
+    bad = job_file.with_name(f"bad-{tmp_path.name}.toml")
+    text = job_file.read_text()
+    assert edit(text) != text
+    bad.write_text(edit(text), encoding="utf-8")
+    report_path = tmp_path / "r.json"
+    _assert_failed(cli("run", bad, "--report", report_path), *fragments)
+    assert not report_path.exists()
+
+
+def test_run_rejects_a_missing_job_file(cli, tmp_path):
+    _assert_failed(cli("run", tmp_path / "nope.toml"), "nope.toml", "job file not found")
+
+
+def test_run_reports_a_coordinator_error(cli, ray_session, job_file, tmp_path):
+    """A job file the coordinator refuses (a KB folder that does not exist) fails with the gRPC status and details."""
+    bad = job_file.with_name(f"missing-{tmp_path.name}.toml")
+    bad.write_text(job_file.read_text().replace('data = "kb2"', 'data = "kb-missing"', 1), encoding="utf-8")
+    _assert_failed(cli("run", bad), "INVALID_ARGUMENT", "data_dir", "kb-missing")
