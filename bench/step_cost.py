@@ -16,7 +16,10 @@ Only the measured KB's own calls are timed in the cooperative rounds (its ``teac
 ``train`` with the peer's soft labels, which includes decoding them); the peer's calls run
 between them untimed, as they would run in the peer's own process. Rounds of the two modes are
 interleaved (A, B, A, B, ...) so that load from other processes on a shared machine hits both
-alike, and per-round figures are summarised by their median.
+alike, and per-round figures are summarised by their median. Wall time is the reported figure;
+the process's CPU time (``time.process_time``) is printed beside it because, with one torch
+thread, it is not inflated when other processes take the CPU away (cache and memory-bandwidth
+contention still show in both).
 
 Ray is not used: actor-call latency, object-store transfer of the payloads and the parallelism
 of the KBs' processes are excluded. They are a per-round cost (one teach and one train call per
@@ -118,6 +121,13 @@ def round_sizes(steps: int, per_round: int) -> list[int]:
     return [per_round] * (steps // per_round) + ([steps % per_round] if steps % per_round else [])
 
 
+def timed(function, *args):
+    """``(result, wall seconds, CPU seconds of this process)`` of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = function(*args)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def ms(seconds: float, steps: int) -> float:
     return 1000.0 * seconds / steps
 
@@ -171,18 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         for steps in sizes:
             first_step = student.step
             # A: the KB alone.
-            started = time.perf_counter()
-            independent.train(round_, steps)
-            alone = time.perf_counter() - started
+            _, alone, alone_cpu = timed(independent.train, round_, steps)
             # B: the KB in the exchange; only its own calls are timed.
             queries_before, search_before = search.queries, search.seconds
-            started = time.perf_counter()
-            _, to_peer = student.teach(round_, steps, [peer])
-            teach = time.perf_counter() - started
+            (_, to_peer), teach, teach_cpu = timed(student.teach, round_, steps, [peer])
             _, from_peer = teacher.teach(round_, steps, [name])
-            started = time.perf_counter()
-            student.train(round_, steps, from_peer)
-            train = time.perf_counter() - started
+            _, train, train_cpu = timed(student.train, round_, steps, from_peer)
             teacher.train(round_, steps, to_peer)
             entity_q, relation_q = lesson_rows(to_peer)
             peer_entity_q, peer_relation_q = lesson_rows(from_peer)
@@ -193,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                 alone=alone,
                 teach=teach,
                 train=train,
+                alone_cpu=alone_cpu,
+                teach_cpu=teach_cpu,
+                train_cpu=train_cpu,
                 searched=search.queries - queries_before,
                 search_seconds=search.seconds - search_before,
                 bytes={name: len(to_peer), peer: len(from_peer)},
@@ -202,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             records[phase].append(record)
             if args.rounds_detail:
                 print(
-                    f"  {phase:>12} round {round_:3d} steps {first_step:4d}+{steps:<3d} alone {ms(alone, steps):7.1f} ms/step | "
-                    f"coop teach {ms(teach, steps):7.1f} train+KD {ms(train, steps):7.1f} | searched {record['searched']}/{entity_q} | load {record['load']:.2f}"
+                    f"  {phase:>12} round {round_:3d} steps {first_step:4d}+{steps:<3d} wall ms/step: alone {ms(alone, steps):6.1f} | "
+                    f"coop teach {ms(teach, steps):6.1f} train+KD {ms(train, steps):6.1f} || cpu ms/step: alone {ms(alone_cpu, steps):6.1f} | "
+                    f"teach {ms(teach_cpu, steps):6.1f} train+KD {ms(train_cpu, steps):6.1f} | searched {record['searched']}/{entity_q} | load {record['load']:.2f}"
                 )
                 sys.stdout.flush()
             round_ += 1
@@ -240,6 +248,13 @@ def report(phase: str, rounds: list[dict], name: str, peer: str, aligned_entitie
         f"phase means: {mean(lambda r: r['teach'] + r['train']):.1f} = {mean(lambda r: r['teach']):.1f} + {mean(lambda r: r['train']):.1f})"
     )
     print(f"  ratio coop/indep     {coop_med / alone_med:8.2f} (ratio of medians; median of per-round A/B ratios {pair_ratio:.2f})")
+    alone_cpu = median(lambda r: r["alone_cpu"])
+    teach_cpu, train_cpu = median(lambda r: r["teach_cpu"]), median(lambda r: r["train_cpu"])
+    coop_cpu = median(lambda r: r["teach_cpu"] + r["train_cpu"])
+    print(
+        f"  CPU time (process_time, insensitive to time-slicing by other processes): independent {alone_cpu:.1f} ms/step, "
+        f"cooperative {coop_cpu:.1f} = teach {teach_cpu:.1f} + train+KD {train_cpu:.1f} ms/step, ratio {coop_cpu / alone_cpu:.2f} (medians per round)"
+    )
     entity_queries = sum(r["queries"][name][0] for r in rounds)
     searched = sum(r["searched"] for r in rounds)
     print(

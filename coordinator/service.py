@@ -79,6 +79,7 @@ class Coordinator:
 
     def _persist_kbs(self) -> None:
         self.store.save_kbs({name: kb.spec for name, kb in self._kbs.items()})
+        self.store.save_scrape_targets(self.scrape_targets())
 
     def _persist_alignments(self) -> None:
         self.store.save_alignments(
@@ -109,9 +110,13 @@ class Coordinator:
                 return self._describe_kb(name)
             if existing and self._busy(name):
                 raise PreconditionError(f"KB {name!r} is in running job {self._busy(name)!r}; stop it before re-registering")
+        if resource and resource not in ray.cluster_resources():
+            raise PreconditionError(f"resource: no node of the Ray cluster offers {resource!r}; start one with --resources='{{\"{resource}\": 1}}'")
         handle = spawn_worker(name, spec["data_dir"], worker_type, spec["settings"], resource)
         try:
             info = self._call(handle.open.remote())
+            endpoint = self._call(handle.start_metrics.remote())
+            info["metrics_address"] = f"{endpoint['host']}:{endpoint['port']}"
         except DataError as error:  # the folder's problem, named as the request field it came from
             ray.kill(handle)
             raise DataError(f"data_dir: {error}") from None
@@ -142,7 +147,8 @@ class Coordinator:
 
     def _describe_kb(self, name: str) -> dict:
         kb = self._kbs[name]
-        return {**kb.spec, **{k: v for k, v in kb.info.items() if k.startswith("num_")}, "busy_with_job": self._busy(name)}
+        described = {k: v for k, v in kb.info.items() if k.startswith("num_") or k == "metrics_address"}
+        return {**kb.spec, **described, "busy_with_job": self._busy(name)}
 
     def list_kbs(self) -> list[dict]:
         with self._lock:
@@ -298,11 +304,10 @@ class Coordinator:
     def placement(self, kb: str) -> dict:
         return self._call(self._kb(kb).handle.placement.remote())
 
-    def start_worker_metrics(self) -> dict[str, dict]:
-        """Starts every worker's /metrics endpoint; returns their addresses (for Prometheus discovery)."""
+    def scrape_targets(self) -> list[dict]:
+        """Every worker's /metrics address in Prometheus file_sd form (also written to the data dir)."""
         with self._lock:
-            handles = {name: kb.handle for name, kb in self._kbs.items()}
-        return {name: self._call(handle.start_metrics.remote()) for name, handle in handles.items()}
+            return [{"targets": [kb.info["metrics_address"]], "labels": {"kb": name}} for name, kb in sorted(self._kbs.items())]
 
     @staticmethod
     def _call(ref):

@@ -56,5 +56,9 @@ class Store:
         jobs = self._path("jobs")
         return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(jobs.glob("*.json"))] if jobs else []
 
+    def save_scrape_targets(self, targets: list[dict]) -> None:
+        """Prometheus file-based service discovery of the workers: a worker that moves is still scraped."""
+        self._write(self._path("prometheus_targets.json"), targets)
+
     def checkpoint_dir(self, job_id: str, kb: str) -> Path | None:
         return self._path("checkpoints", job_id, kb)

@@ -41,10 +41,13 @@ class FinishedJob:
 
 
 def read_triples(folder: Path) -> set[tuple[str, str, str]]:
-    """Every (head, relation, tail) of a KB folder's train, valid and test files."""
+    """Every (head, relation, tail) a KB folder holds: train, valid, test and, if present, known.tsv (filter-only facts)."""
     triples = set()
-    for split in ("train", "valid", "test"):
-        with (Path(folder) / f"{split}.tsv").open(encoding="utf-8", newline="") as handle:
+    for name in ("train", "valid", "test", "known"):
+        path = Path(folder) / f"{name}.tsv"
+        if name == "known" and not path.is_file():
+            continue
+        with path.open(encoding="utf-8", newline="") as handle:
             triples.update(tuple(row) for row in csv.reader(handle, delimiter="\t") if row)
     return triples
 

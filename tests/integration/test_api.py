@@ -255,3 +255,70 @@ def test_concurrent_clients_are_served_during_a_job(stub, registered, kb_names, 
         assert events and events[-1].state == pb.JOB_STATE_SUCCEEDED
         assert [e.round for e in events] == sorted(e.round for e in events)
     assert stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=TIMEOUT).job.state == pb.JOB_STATE_SUCCEEDED
+
+
+def test_a_running_job_keeps_its_kbs_and_can_be_stopped(stub, registered, kb_names, nations_split, worker_settings, job_settings):
+    """While a job runs its KBs are busy (no other job, no re-registration); StopJob ends it as STOPPED."""
+    from services.client import struct
+
+    left, right = kb_names
+    long = stub.CreateJob(pb.CreateJobRequest(strategy="cooperative", kbs=[left, right], settings=struct({**job_settings, "rounds": 500})), timeout=TIMEOUT).job
+    other = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=[left], settings=struct({**job_settings, "rounds": 1})), timeout=TIMEOUT).job
+    stub.StartJob(pb.StartJobRequest(job_id=long.job_id), timeout=TIMEOUT)
+    try:
+        for event in stub.WatchJob(pb.WatchJobRequest(job_id=long.job_id), timeout=TIMEOUT):
+            if event.round >= 1:
+                break
+        busy = {kb.name: kb.busy_with_job for kb in stub.ListKBs(pb.ListKBsRequest(), timeout=TIMEOUT).kbs}
+        assert busy[left] == busy[right] == long.job_id
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.StartJob(pb.StartJobRequest(job_id=other.job_id), timeout=TIMEOUT)
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION and long.job_id in raised.value.details()
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.RegisterKB(
+                pb.RegisterKBRequest(name=left, data_dir=str(nations_split.out_dir / left), settings=struct({**worker_settings, "dim": 8})), timeout=TIMEOUT
+            )
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION and long.job_id in raised.value.details()
+    finally:
+        stopped = stub.StopJob(pb.StopJobRequest(job_id=long.job_id), timeout=TIMEOUT).job
+    assert stopped.state == pb.JOB_STATE_STOPPED and 1 <= stopped.round < 500
+    assert not stopped.test_metrics
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=long.job_id), timeout=TIMEOUT))
+    assert [e.state for e in events] == [pb.JOB_STATE_STOPPED]
+    assert all(kb.busy_with_job == "" for kb in stub.ListKBs(pb.ListKBsRequest(), timeout=TIMEOUT).kbs)
+    # a job that never started can be stopped too, and a stopped job does not start
+    assert stub.StopJob(pb.StopJobRequest(job_id=other.job_id), timeout=TIMEOUT).job.state == pb.JOB_STATE_STOPPED
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.StartJob(pb.StartJobRequest(job_id=other.job_id), timeout=TIMEOUT)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "STOPPED" in raised.value.details()
+
+
+@pytest.mark.parametrize("strategy", ["none", "one-way", "sequential"])
+def test_each_strategy_exchanges_in_its_own_directions(stub, registered, kb_names, job_settings, strategy):
+    """none: nothing is sent; one-way: only the teacher (the first KB) sends and stops training; sequential: both send."""
+    from services.client import struct
+
+    left, right = kb_names
+    settings = {**job_settings, "rounds": 3, "pretrain_rounds": 1, "eval_every": 0}
+    job = stub.CreateJob(pb.CreateJobRequest(strategy=strategy, kbs=[left, right], settings=struct(settings)), timeout=TIMEOUT).job
+    stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED, events[-1].message
+    job = stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=TIMEOUT).job
+    sent = {kb: job.progress[kb].soft_label_bytes_sent for kb in kb_names}
+    received = {kb: job.progress[kb].soft_label_bytes_received for kb in kb_names}
+    steps = {kb: job.progress[kb].steps for kb in kb_names}
+    full = settings["rounds"] * settings["steps_per_round"]
+    if strategy == "none":
+        assert sent == received == {left: 0, right: 0}
+        assert steps == {left: full, right: full}
+        assert all(job.progress[kb].kd_loss == 0 for kb in kb_names)
+    elif strategy == "one-way":
+        assert sent[left] > 0 and received[left] == 0
+        assert sent[right] == 0 and received[right] == sent[left]
+        assert steps == {left: settings["pretrain_rounds"] * settings["steps_per_round"], right: full}  # the teacher is frozen
+        assert job.progress[right].kd_loss > 0
+    else:
+        assert sent[left] > 0 and sent[right] > 0
+        assert received == {left: sent[right], right: sent[left]}
+    assert set(job.test_metrics) == set(kb_names)

@@ -195,3 +195,35 @@ def test_run_reports_a_coordinator_error(cli, ray_session, job_file, tmp_path):
     bad = job_file.with_name(f"missing-{tmp_path.name}.toml")
     bad.write_text(job_file.read_text().replace('data = "kb2"', 'data = "kb-missing"', 1), encoding="utf-8")
     _assert_failed(cli("run", bad), "INVALID_ARGUMENT", "data_dir", "kb-missing")
+
+
+# -- commands against a running coordinator -----------------------------------------------------
+
+
+def test_status_predict_and_export_against_a_running_coordinator(cli, grpc_address, finished_job, kb_names, tmp_path):
+    import numpy as np
+
+    listing = cli("status", "--coordinator", grpc_address)
+    assert listing.exit_code == 0, listing.output
+    assert any(line.startswith(finished_job.job_id) and "SUCCEEDED" in line for line in listing.stdout.splitlines())
+
+    one = cli("status", finished_job.job_id, "--coordinator", grpc_address)
+    assert one.exit_code == 0, one.output
+    for kb in kb_names:
+        assert any(line.split()[:2] == [kb, "cooperative"] for line in one.stdout.splitlines()), one.stdout
+
+    predicted = cli("predict", kb_names[0], "usa", "embassy", "-k", 3, "--coordinator", grpc_address)
+    assert predicted.exit_code == 0, predicted.output
+    lines = predicted.stdout.splitlines()
+    assert [line.split(".")[0].strip() for line in lines] == ["1", "2", "3"]
+
+    out = tmp_path / "left.npz"
+    exported = cli("export", kb_names[0], "--out", out, "--coordinator", grpc_address)
+    assert exported.exit_code == 0, exported.output
+    arrays = np.load(out)
+    assert arrays["entity_vectors"].shape[0] == len(arrays["entity_names"]) > 0
+    assert arrays["relation_vectors"].shape[0] == len(arrays["relation_names"]) > 0
+    assert f"wrote {len(arrays['entity_names'])} entity vectors" in exported.stdout
+
+    _assert_failed(cli("predict", "nope", "usa", "embassy", "--coordinator", grpc_address), "NOT_FOUND", "'nope'")
+    _assert_failed(cli("status", "nope", "--coordinator", grpc_address), "NOT_FOUND", "job_id")

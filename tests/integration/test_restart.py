@@ -1,0 +1,200 @@
+"""Coordinator state on disk: KBs, alignments and jobs survive a restart; interrupted jobs resume from checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import REGISTRY
+
+from coordinator.service import Coordinator
+from kb_worker.worker import CHECKPOINT_FILE, KBWorker
+from services.errors import DataError
+
+TIMEOUT = 180.0
+LONG_ROUNDS = 12
+
+
+def _rounds_run(job_id: str) -> int:
+    """Rounds this process's coordinators have run for a job (the round-duration histogram's count)."""
+    return int(REGISTRY.get_sample_value("kdmkb_coordinator_round_duration_seconds_count", {"job": job_id}) or 0)
+
+
+def _interrupt_after(coordinator: Coordinator, job_id: str, rounds: int) -> None:
+    """Follows the job until it has completed ``rounds`` rounds, then shuts the coordinator down (a crash, for the job)."""
+    events = coordinator.watch_job(job_id, poll_seconds=0.05)
+    try:
+        for event in events:
+            assert event.state == "RUNNING", (event.kind, event.state, event.message)
+            if event.round >= rounds:
+                break
+    finally:
+        events.close()
+    coordinator.shutdown()
+
+
+def _register(coordinator: Coordinator, nations_split, kb_names, alignment_files, settings: dict) -> None:
+    for name in kb_names:
+        coordinator.register_kb(name, str(nations_split.out_dir / name), "transe", settings)
+    entities, relations = alignment_files
+    coordinator.register_alignment(*kb_names, str(entities), str(relations))
+
+
+def _without_busy(kbs: list[dict]) -> list[dict]:
+    return [{key: value for key, value in kb.items() if key != "busy_with_job"} for kb in kbs]
+
+
+def _record(data: Path, job_id: str) -> dict:
+    return json.loads((data / "jobs" / f"{job_id}.json").read_text())
+
+
+def test_jobs_survive_a_restart_and_running_ones_resume(ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings):
+    data = tmp_path / "state"
+    settings = {**job_settings, "eval_every": 0, "checkpoint_every": 1}
+    first = Coordinator(data)
+    try:
+        _register(first, nations_split, kb_names, alignment_files, worker_settings)
+        kbs_before = _without_busy(first.list_kbs())
+        alignments_before = dict(first._alignments)
+        done = first.create_job("cooperative", list(kb_names), {**settings, "rounds": 2})
+        first.start_job(done.job_id)
+        assert first.wait(done.job_id, TIMEOUT).state == "SUCCEEDED", done.error
+        done_metrics = json.loads(json.dumps(done.test_metrics))
+        waiting = first.create_job("none", [kb_names[0]], {**settings, "rounds": 2})
+        long = first.create_job("cooperative", list(kb_names), {**settings, "rounds": LONG_ROUNDS})
+        first.start_job(long.job_id)
+        _interrupt_after(first, long.job_id, 2)
+    finally:
+        first.shutdown()
+
+    # what the crashed coordinator left: a RUNNING job with a checkpoint of its last round
+    record = _record(data, long.job_id)
+    assert record["state"] == "RUNNING"
+    interrupted_round = record["round"]
+    assert 2 <= interrupted_round < LONG_ROUNDS
+    assert record["checkpoint_round"] == interrupted_round
+    for name in kb_names:
+        assert (data / "checkpoints" / long.job_id / name / CHECKPOINT_FILE).is_file()
+    assert _rounds_run(long.job_id) == interrupted_round
+
+    second = Coordinator(data)
+    try:
+        assert _without_busy(second.list_kbs()) == kbs_before  # (the resumed job may be using them)
+        assert second._alignments == alignments_before
+        jobs = {job.job_id: job for job in second.list_jobs()}
+        assert set(jobs) == {done.job_id, waiting.job_id, long.job_id}
+        assert jobs[done.job_id].state == "SUCCEEDED" and jobs[done.job_id].round == 2
+        assert jobs[done.job_id].test_metrics == done_metrics and set(done_metrics) == set(kb_names)
+        assert jobs[waiting.job_id].state == "CREATED"
+
+        resumed = second.wait(long.job_id, TIMEOUT)
+        assert resumed.state == "SUCCEEDED", resumed.error
+        assert resumed.round == LONG_ROUNDS
+        assert set(resumed.test_metrics) == set(kb_names) and all(0 < m["mrr"] <= 1 for m in resumed.test_metrics.values())
+        # resumed at its checkpoint: every round ran once in all (from scratch would run the first ones twice)
+        assert _rounds_run(long.job_id) == LONG_ROUNDS
+        for name in kb_names:
+            assert resumed.progress[name]["steps"] == LONG_ROUNDS * settings["steps_per_round"]
+            assert resumed.progress[name]["soft_label_bytes_sent"] > 0
+        assert _record(data, long.job_id)["state"] == "SUCCEEDED"
+
+        # a job created before the restart runs on the re-opened KBs
+        second.start_job(waiting.job_id)
+        assert second.wait(waiting.job_id, TIMEOUT).state == "SUCCEEDED"
+    finally:
+        second.shutdown()
+
+
+def test_a_corrupt_checkpoint_fails_the_resumed_job(ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings):
+    data = tmp_path / "state"
+    name = kb_names[0]
+    first = Coordinator(data)
+    try:
+        _register(first, nations_split, kb_names, alignment_files, worker_settings)
+        job = first.create_job("none", [name], {**job_settings, "rounds": LONG_ROUNDS, "eval_every": 0, "checkpoint_every": 1})
+        first.start_job(job.job_id)
+        _interrupt_after(first, job.job_id, 1)
+    finally:
+        first.shutdown()
+    checkpoint = data / "checkpoints" / job.job_id / name / CHECKPOINT_FILE
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+
+    second = Coordinator(data)
+    try:
+        failed = second.wait(job.job_id, TIMEOUT)
+        assert failed.state == "FAILED"
+        assert "DataError" in failed.error and "corrupt checkpoint" in failed.error and str(checkpoint) in failed.error, failed.error
+        assert _record(data, job.job_id)["state"] == "FAILED"
+        # the KBs still serve, and re-registering one with other settings drops its alignment on disk too
+        assert second.store.load_alignments()
+        second.register_kb(kb_names[1], str(nations_split.out_dir / kb_names[1]), "transe", {**worker_settings, "learning_rate": 0.02})
+        assert second._alignments == {}
+        assert second.store.load_alignments() == []
+    finally:
+        second.shutdown()
+
+
+# -- KBWorker.load ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained_worker(nations_split, kb_names, worker_settings):
+    worker = KBWorker(kb_names[0], nations_split.out_dir / kb_names[0], "transe", worker_settings)
+    worker.configure("job-ck", 0)
+    worker.train(0, 3)
+    return worker
+
+
+def _weights(worker: KBWorker) -> dict[str, np.ndarray]:
+    return {kind: vectors.copy() for kind, (_, vectors) in worker.export().items()}
+
+
+def test_checkpoint_round_trip(trained_worker, tmp_path):
+    path = Path(trained_worker.save(tmp_path / "ck"))
+    assert path == tmp_path / "ck" / CHECKPOINT_FILE
+    saved, saved_step = _weights(trained_worker), trained_worker.step
+    trained_worker.train(1, 3)
+    assert trained_worker.step == saved_step + 3
+    assert not np.array_equal(_weights(trained_worker)["entity"], saved["entity"])
+    assert trained_worker.load(tmp_path / "ck") == saved_step
+    assert trained_worker.step == saved_step
+    for kind, vectors in _weights(trained_worker).items():
+        np.testing.assert_array_equal(vectors, saved[kind])
+    trained_worker.train(2, 3)  # the restored optimiser works
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]), "corrupt checkpoint"),
+        (lambda path: path.write_bytes(b"not a checkpoint at all" * 10), "corrupt checkpoint"),
+        (lambda path: path.write_bytes(b""), "corrupt checkpoint"),
+        (lambda path: torch.save({"model": {}}, path), "not a kdmkb checkpoint"),
+        (lambda path: path.unlink(), "checkpoint not found"),
+    ],
+    ids=["truncated", "garbage", "empty", "foreign", "missing"],
+)
+def test_a_bad_checkpoint_raises_and_changes_nothing(trained_worker, tmp_path, damage, message):
+    trained_worker.save(tmp_path / "ck")
+    path = tmp_path / "ck" / CHECKPOINT_FILE
+    trained_worker.train(1, 3)
+    before, step, model, optimizer = _weights(trained_worker), trained_worker.step, trained_worker.model, trained_worker.optimizer
+    damage(path)
+    with pytest.raises(DataError, match=message):
+        trained_worker.load(tmp_path / "ck")
+    assert trained_worker.step == step and trained_worker.model is model and trained_worker.optimizer is optimizer
+    for kind, vectors in _weights(trained_worker).items():
+        np.testing.assert_array_equal(vectors, before[kind])
+
+
+def test_a_checkpoint_of_other_settings_is_refused(trained_worker, tmp_path, nations_split, kb_names, worker_settings):
+    trained_worker.save(tmp_path / "ck")
+    other = KBWorker(kb_names[0], nations_split.out_dir / kb_names[0], "transe", {**worker_settings, "dim": 8})
+    other.configure("job-ck", 0)
+    before = _weights(other)
+    with pytest.raises(DataError, match="other settings"):
+        other.load(tmp_path / "ck")
+    np.testing.assert_array_equal(_weights(other)["entity"], before["entity"])
