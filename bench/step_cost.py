@@ -172,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
     warmup_steps = int(round(args.warmup_epochs * steps_per_epoch))
     measure_sizes = [args.steps_per_round] * max(1, math.ceil(args.measure_steps / args.steps_per_round))
-    phases = [("first epoch" if args.warmup_epochs == 1 else f"warm-up ({args.warmup_epochs:g} epochs)", round_sizes(warmup_steps, args.steps_per_round)), ("measured", measure_sizes)]
+    first_epoch = min(warmup_steps, steps_per_epoch)
+    phases = [("first epoch" if first_epoch == steps_per_epoch else f"warm-up ({args.warmup_epochs:g} epochs)", round_sizes(first_epoch, args.steps_per_round))]
+    if warmup_steps > first_epoch:
+        phases.append(("rest of warm-up", round_sizes(warmup_steps - first_epoch, args.steps_per_round)))
+    phases.append(("measured", measure_sizes))
 
     records: dict[str, list[dict]] = {}
     round_ = 0

@@ -19,6 +19,8 @@ from services.errors import ConfigError, DataError, NotFoundError, PreconditionE
 
 log = logging.getLogger(__name__)
 
+CHUNK_BYTES = 1 << 20  # default size of an ExportEmbeddings chunk's vectors
+
 STATUS = (
     (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
     (DataError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -194,8 +196,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def ExportEmbeddings(self, request, context):
         if request.chunk_rows < 0:
             raise ConfigError(f"chunk_rows: must be positive, got {request.chunk_rows}")
-        rows = request.chunk_rows or 4096
         for kind, (names, vectors) in self.coordinator.export(request.kb).items():
             vectors = np.ascontiguousarray(vectors, dtype="<f4")
+            # By default a chunk stays near CHUNK_BYTES whatever the width: 4096 rows of wide
+            # embeddings would exceed the 4 MB a gRPC client accepts by default.
+            rows = request.chunk_rows or max(1, min(4096, CHUNK_BYTES // (4 * max(1, vectors.shape[1]))))
             for start in range(0, len(names), rows):
                 yield pb.ExportEmbeddingsResponse(kind=kind, names=names[start : start + rows], vectors=vectors[start : start + rows].tobytes(), dim=vectors.shape[1])

@@ -61,6 +61,14 @@ class _PeerPools:
     signature: int  # equal for peers that share exactly the same ids, so their lessons are computed once
 
 
+# Settings of how a worker runs, not of what it learns: a checkpoint fits whatever they are.
+RUNTIME_SETTINGS = frozenset({"threads", "eval_batch_size"})
+
+
+def _model_settings(settings: dict) -> dict:
+    return {key: value for key, value in settings.items() if key not in RUNTIME_SETTINGS}
+
+
 def _lookup_table(local_to_alignment: np.ndarray) -> np.ndarray:
     """Dense alignment id -> local id table (-1 where this KB has no member of the class)."""
     size = int(local_to_alignment.max()) + 1 if local_to_alignment.size and local_to_alignment.max() >= 0 else 0
@@ -406,7 +414,7 @@ class KBWorker:
             raise DataError(f"{path}: corrupt checkpoint ({type(error).__name__}: {error})") from None
         if not isinstance(state, dict) or {"model", "optimizer", "step", "worker_type"} - state.keys():
             raise DataError(f"{path}: not a kdmkb checkpoint")
-        if state["worker_type"] != self.worker_type or state.get("settings") != self.settings.model_dump():
+        if state["worker_type"] != self.worker_type or _model_settings(state.get("settings") or {}) != _model_settings(self.settings.model_dump()):
             raise DataError(f"{path}: checkpoint is of a {state['worker_type']!r} worker with other settings than KB {self.name!r}")
         candidate = self.type_class(self.kb, self.settings)
         optimizer = torch.optim.Adam(candidate.modules().parameters(), lr=self.settings.learning_rate)

@@ -266,9 +266,11 @@ def test_a_running_job_keeps_its_kbs_and_can_be_stopped(stub, registered, kb_nam
     other = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=[left], settings=struct({**job_settings, "rounds": 1})), timeout=TIMEOUT).job
     stub.StartJob(pb.StartJobRequest(job_id=long.job_id), timeout=TIMEOUT)
     try:
-        for event in stub.WatchJob(pb.WatchJobRequest(job_id=long.job_id), timeout=TIMEOUT):
+        stream = stub.WatchJob(pb.WatchJobRequest(job_id=long.job_id), timeout=TIMEOUT)
+        for event in stream:
             if event.round >= 1:
                 break
+        stream.cancel()
         busy = {kb.name: kb.busy_with_job for kb in stub.ListKBs(pb.ListKBsRequest(), timeout=TIMEOUT).kbs}
         assert busy[left] == busy[right] == long.job_id
         with pytest.raises(grpc.RpcError) as raised:
@@ -322,3 +324,22 @@ def test_each_strategy_exchanges_in_its_own_directions(stub, registered, kb_name
         assert sent[left] > 0 and sent[right] > 0
         assert received == {left: sent[right], right: sent[left]}
     assert set(job.test_metrics) == set(kb_names)
+
+
+def test_export_of_wide_embeddings_fits_default_client_limits(stub, registered, nations_split, kb_names):
+    """Default chunks of wide embeddings stay under the 4 MB a default gRPC client accepts (55 x 20000 floats is 4.4 MB)."""
+    from services.client import struct
+
+    dim = 20_000
+    stub.RegisterKB(
+        pb.RegisterKBRequest(name="wide", data_dir=str(nations_split.out_dir / kb_names[0]), worker_type="distmult", settings=struct({"dim": dim, "batch_size": 16, "negatives": 2})),
+        timeout=TIMEOUT,
+    )
+    job = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=["wide"], settings=struct({"rounds": 1, "steps_per_round": 1, "checkpoint_every": 0})), timeout=TIMEOUT).job
+    stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
+    assert list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))[-1].state == pb.JOB_STATE_SUCCEEDED
+    exported, chunks = _export(stub, "wide")
+    kb = {k.name: k for k in stub.ListKBs(pb.ListKBsRequest(), timeout=TIMEOUT).kbs}["wide"]
+    assert exported["entity"][1].shape == (kb.num_entities, dim)
+    assert exported["relation"][1].shape == (kb.num_relations, dim)
+    assert max(chunk.ByteSize() for chunk in chunks) < 4 * 2**20
