@@ -45,6 +45,8 @@ def header(title: str, threads: str | None = None) -> None:
         f"hardware: nproc={affinity} (os.cpu_count()={os.cpu_count()}), cpu={cpu_model()!r}, "
         f"torch threads={threads or torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
     )
+    tuning = {k: v for k, v in sorted(os.environ.items()) if k.startswith(("MALLOC_", "GLIBC_TUNABLES", "OMP_", "MKL_", "OPENBLAS_"))}
+    print(f"environment (allocator/threading variables): {' '.join(f'{k}={v}' for k, v in tuning.items()) or 'none'}")
     print(f"software: python {platform.python_version()}, torch {torch.__version__}, faiss {faiss.__version__}")
     print(f"load average at start: {load_average()}")
     sys.stdout.flush()

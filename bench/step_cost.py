@@ -39,8 +39,10 @@ from __future__ import annotations
 import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch and faiss are imported)
 
 import argparse
+import atexit
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -83,7 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prepare_split(args: argparse.Namespace) -> tuple[Path, str]:
     if args.split_dir and (Path(args.split_dir) / "kb1").is_dir():
         return Path(args.split_dir), f"reused {args.split_dir}"
-    out = Path(args.split_dir) if args.split_dir else Path(tempfile.mkdtemp(prefix="kdmkb-bench-split-")) / "split"
+    if args.split_dir:
+        out = Path(args.split_dir)
+    else:
+        temporary = tempfile.mkdtemp(prefix="kdmkb-bench-split-")
+        atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+        out = Path(temporary) / "split"
     started = time.perf_counter()
     summary = split_dataset(Path(args.data), out, kbs=2, seed=args.split_seed, align="co-occurring")
     return out, f"split_dataset({args.data}, kbs=2, seed={args.split_seed}, align=co-occurring) -> {summary.out_dir} in {time.perf_counter() - started:.1f} s"
