@@ -8,8 +8,17 @@ import ray
 
 from services.errors import KdmkbError
 
-# Busy-waiting OpenMP threads of torch and faiss slow each other down on two cores.
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "RAY_AUTH_MODE": "disabled"}
+# Busy-waiting OpenMP threads of torch and faiss slow each other down on two cores. glibc hands
+# freed blocks above its mmap threshold back to the kernel, so every training step page-faults its
+# temporaries in again: ~60% of a WN18RR step was kernel time (docs/benchmarks.md). glibc reads
+# MALLOC_* at process start only, so the workers inherit them from here; a cluster joined by
+# address sets them in its deployment.
+WORKER_ENV = {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "RAY_AUTH_MODE": "disabled",
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+}
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int = 512) -> None:
