@@ -176,13 +176,28 @@ class StructuralWorker(WorkerType):
             return model.head_query(model.relation(queries[:, 0]), model.entity(queries[:, 1]))
         raise ValueError(f"entity query expected, got {kind!r}")
 
+    def _entity_rows(self, *ids: torch.Tensor) -> list[torch.Tensor]:
+        """Entity embeddings of several id tensors from a single lookup.
+
+        Every lookup of an embedding costs a zero-filled full-size gradient in backward, added
+        into the parameter's: on WN18RR that was ~40% of a step with one lookup per use. And
+        ``index_select``'s backward (an ``index_add``) is twice as fast as ``nn.Embedding``'s on CPU
+        (measured: 14 vs 30 ms for 67k rows of 200).
+        """
+        rows = self.model.entity.weight.index_select(0, torch.cat([part.reshape(-1) for part in ids]))
+        return [chunk.reshape(*part.shape, -1) for part, chunk in zip(ids, rows.split([part.numel() for part in ids]))]
+
     def score_candidates(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         model = self.model
         if kind == QueryKind.RELATION:
-            heads = model.entity(queries[:, 0])[:, None, :]
-            tails = model.key(model.entity(queries[:, 1]))[:, None, :]
-            return matched_scores(model.tail_query(heads, model.relation(candidates)), tails, model.metric)
-        return matched_scores(self._queries(kind, queries)[:, None, :], model.key(model.entity(candidates)), model.metric)
+            heads, tails = self._entity_rows(queries[:, 0], queries[:, 1])
+            return matched_scores(model.tail_query(heads[:, None, :], model.relation(candidates)), model.key(tails)[:, None, :], model.metric)
+        given, keys = self._entity_rows(queries[:, 0 if kind == QueryKind.TAIL else 1], candidates)
+        if kind == QueryKind.TAIL:
+            vectors = model.tail_query(given, model.relation(queries[:, 1]))
+        else:
+            vectors = model.head_query(model.relation(queries[:, 0]), given)
+        return matched_scores(vectors[:, None, :], model.key(keys), model.metric)
 
     def score_all(self, kind: QueryKind, queries: torch.Tensor) -> torch.Tensor:
         return all_pairs_scores(self._queries(kind, queries), self.model.key(self.model.entity.weight), self.model.metric)
@@ -225,15 +240,16 @@ class StructuralWorker(WorkerType):
         settings: StructuralSettings = self.settings  # type: ignore[assignment]
         model = self.model
         heads, relations, tails = batch.unbind(dim=1)
-        head_vectors, relation_vectors, tail_vectors = model.entity(heads), model.relation(relations), model.entity(tails)
+        size = batch.shape[0]
+        negatives = torch.randint(self.num_entities, (size, settings.negatives))
+        head_vectors, tail_vectors, negative_vectors = self._entity_rows(heads, tails, negatives)
+        relation_vectors = model.relation(relations)
         tail_queries = model.tail_query(head_vectors, relation_vectors)
         positive = matched_scores(tail_queries, model.key(tail_vectors), model.metric)
 
-        size = batch.shape[0]
-        negatives = torch.randint(self.num_entities, (size, settings.negatives))
         corrupt_tail = torch.rand(size) < 0.5
         queries = torch.where(corrupt_tail[:, None], tail_queries, model.head_query(relation_vectors, tail_vectors))
-        negative = matched_scores(queries[:, None, :], model.key(model.entity(negatives)), model.metric)
+        negative = matched_scores(queries[:, None, :], model.key(negative_vectors), model.metric)
         with torch.no_grad():
             fake_heads = torch.where(corrupt_tail[:, None], heads[:, None], negatives)
             fake_tails = torch.where(corrupt_tail[:, None], negatives, tails[:, None])
