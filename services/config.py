@@ -28,7 +28,7 @@ class DistillSettings(Strict):
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of teacher and student distributions.")
     score_dtype: Literal["float32", "float16"] = Field("float32", description="Precision of teacher scores on the wire.")
     candidate_refresh_epochs: float = Field(
-        2.0, ge=0, description="A teacher searches a training triple's top-k candidates again once its last search is this many epochs old (0: every visit)."
+        4.0, ge=0, description="A teacher searches a query's top-k candidates again once its last search is this many epochs old (0: every visit)."
     )
 
 
