@@ -55,7 +55,7 @@ class Job:
 @dataclass(frozen=True)
 class JobEvent:
     job_id: str
-    kind: str  # started, round, evaluated, finished, failed, stopped
+    kind: str  # state, started, round, evaluated, evaluating, finished, failed, stopped
     state: str
     round: int
     total_rounds: int
@@ -130,6 +130,7 @@ class JobRunner(threading.Thread):
                 if settings.checkpoint_every and job.round % settings.checkpoint_every == 0:
                     self._checkpoint()
                 self._emit("round", round_seconds=seconds)
+            self._emit("evaluating", message="ranking the test split of every KB")
             job.test_metrics = self._evaluate("test")
             job.state = "SUCCEEDED"
             self._emit("finished")

@@ -55,6 +55,8 @@ def _progress_printer(total: int, label: str):
         bar.update(event.round - bar.n)
         if event.progress:
             bar.set_postfix({kb: f"{p.loss:.3f}" + (f"/kd {p.kd_loss:.3f}" if p.kd_loss else "") for kb, p in sorted(event.progress.items())}, refresh=False)
+        if event.kind == "evaluating":
+            bar.set_description(f"{label} (evaluating)")
         if event.kind == "failed":
             bar.write(f"job failed: {event.message}")
 

@@ -68,6 +68,7 @@ def test_watch_job_streams_rounds_until_succeeded(finished_job, job_settings):
     assert all(event.state == pb.JOB_STATE_RUNNING for event in events[:-1])
     last = events[-1]
     assert last.state == pb.JOB_STATE_SUCCEEDED and last.kind == "finished"
+    assert events[-2].kind == "evaluating" and events[-2].state == pb.JOB_STATE_RUNNING  # the final test ranking is announced
     assert last.round == job_settings["rounds"]
     # eval_every=1: validation metrics arrive with the rounds before the last one
     evaluated = [event for event in events if event.kind == "evaluated"]
