@@ -39,10 +39,6 @@ class RankingMetrics:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
-    def report(self) -> dict[str, float]:
-        """The report's keys: mrr, mr, hits@1, hits@3, hits@10."""
-        return {"mrr": self.mrr, "mr": self.mr, **{f"hits@{k}": getattr(self, f"hits_at_{k}") for k in HITS_AT}}
-
 
 class KnownAnswers:
     """Every known answer of (head, relation, ?) and (?, relation, tail) queries, as sorted keys."""

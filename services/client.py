@@ -42,9 +42,6 @@ class CoordinatorClient:
     def close(self) -> None:
         self.channel.close()
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
-
     def submit(self, job_file: JobFile, strategy: str | None = None) -> pb.Job:
         """Registers the job file's KBs and alignments and creates its job (not started)."""
         for kb in job_file.kb:
