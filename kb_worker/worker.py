@@ -219,6 +219,8 @@ class KBWorker:
             (QueryKind.RELATION, e[heads] & e[tails], heads, tails, self._entity_aid, self._entity_aid),
         ):
             pool = pools.relation_pool if kind == QueryKind.RELATION else pools.entity_pool
+            if kind == QueryKind.RELATION and not self.distill.relation_weight:
+                continue
             if pool.numel() < 2 or not bool(selected.any()):
                 continue  # softmax over a single candidate carries no information
             queries = torch.stack([first[selected], second[selected]], dim=1)
@@ -301,7 +303,8 @@ class KBWorker:
                 rows[teacher, kind == QueryKind.RELATION] += queries.shape[0]
             groups: dict[tuple, list] = defaultdict(list)
             for teacher, kind, queries, candidates, scores in items:
-                weight = 1.0 / (len(teachers) * rows[teacher, kind == QueryKind.RELATION])
+                relation = kind == QueryKind.RELATION
+                weight = (self.distill.relation_weight if relation else 1.0) / (len(teachers) * rows[teacher, relation])
                 groups[kind, candidates.shape[1]].append((queries, candidates, scores, torch.full((queries.shape[0],), weight)))
             merged[step] = [_KDBatch(kind, *(torch.cat(column) for column in zip(*parts))) for (kind, _), parts in groups.items()]
         return merged

@@ -26,6 +26,9 @@ class DistillSettings(Strict):
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation loss: L = (1-alpha) L_own + alpha L_KD.")
     top_k: int = Field(10, gt=0, description="Teacher's top-k candidates per query (plus as many random ones).")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of teacher and student distributions.")
+    relation_weight: float = Field(
+        0.25, ge=0, description="Weight of relation distillation against entity distillation (paper eq. 5: 1; see docs/demo.md for why less); 0 sends no relation soft labels."
+    )
     score_dtype: Literal["float32", "float16"] = Field("float32", description="Precision of teacher scores on the wire.")
     candidate_refresh_epochs: float = Field(
         4.0, ge=0, description="A teacher searches a query's top-k candidates again once its last search is this many epochs old (0: every visit)."

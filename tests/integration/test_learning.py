@@ -9,12 +9,10 @@ from services.datasets import dataset_dir
 from services.demo import DEMO_JOB_SETTINGS, DEMO_WORKER_SETTINGS
 from services.split import split_dataset
 
-MARGIN = 0.10  # absolute test MRR, on every KB
-
-
 @pytest.mark.slow
-def test_cooperative_beats_none_on_every_kb(ray_session, tmp_path):
-    summary = split_dataset(dataset_dir("umls"), tmp_path / "umls3", kbs=3, seed=0)
+@pytest.mark.parametrize("kbs, margin", [(3, 0.10), (2, 0.04)])  # absolute test MRR on every KB; measured gains .17-.19 and .06-.08
+def test_cooperative_beats_none_on_every_kb(ray_session, tmp_path, kbs, margin):
+    summary = split_dataset(dataset_dir("umls"), tmp_path / "umls", kbs=kbs, seed=0)
     coordinator = Coordinator()
     try:
         names = [f"learn-{name}" for name in summary.kb_names]
@@ -34,4 +32,4 @@ def test_cooperative_beats_none_on_every_kb(ray_session, tmp_path):
         coordinator.shutdown()
     print("test MRR none:", results["none"], "cooperative:", results["cooperative"])
     for kb in names:
-        assert results["cooperative"][kb] >= results["none"][kb] + MARGIN, (kb, results)
+        assert results["cooperative"][kb] >= results["none"][kb] + margin, (kb, results)

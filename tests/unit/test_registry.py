@@ -12,18 +12,37 @@ import pytest
 import torch
 
 from kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
+from kb_worker.worker_types.structural import StructuralWorker
 from services.errors import ConfigError
 from services.registry import Registry
 
-BUILT_IN = ("complex", "distmult", "rotate", "transe")
+BUILT_IN = ("complex", "distmult", "kd-distmult", "kd-rel-distmult", "rotate", "transe")
 
 
-def _scoring_test_module():
-    spec = importlib.util.spec_from_file_location("_unit_test_scoring_cases", Path(__file__).with_name("test_scoring.py"))
+# Test modules whose COVERED_WORKER_TYPES name the worker types their score tests cover.
+SCORE_TEST_MODULES = ("test_scoring.py", "test_kronecker.py")
+
+
+def _test_module(filename: str):
+    spec = importlib.util.spec_from_file_location(f"_unit_{Path(filename).stem}_cases", Path(__file__).with_name(filename))
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _is_structural(name: str) -> bool:
+    return issubclass(WORKER_TYPES.get(name), StructuralWorker)
+
+
+STRUCTURAL = [name for name in WORKER_TYPES.names() if _is_structural(name)]
+
+
+def _negative_sampling_settings(name: str, **settings) -> dict:
+    """Settings that train ``name`` with sampled negatives (Kronecker types: a square dim and that regime)."""
+    if _is_structural(name):
+        return settings
+    return {**settings, "dim": math.isqrt(settings["dim"]) ** 2, "regime": "negative-sampling"}
 
 
 def test_unknown_worker_type_lists_the_known_ones():
@@ -42,10 +61,12 @@ def test_built_in_worker_types_are_registered():
 
 
 def test_every_worker_type_has_scoring_tests():
-    """A new worker type must get a case (and its reference formula) in test_scoring.CASES."""
-    covered = _scoring_test_module().COVERED_WORKER_TYPES
+    """A new worker type must get a case (and its reference formula) in test_scoring.CASES or test_kronecker."""
+    covered = {name: filename for filename in SCORE_TEST_MODULES for name in _test_module(filename).COVERED_WORKER_TYPES}
+    assert set(covered) <= set(WORKER_TYPES.names()), "a test module claims a worker type that is not registered"
     missing = set(WORKER_TYPES.names()) - set(covered)
-    assert not missing, f"worker types without a case in tests/unit/test_scoring.py: {sorted(missing)}"
+    assert not missing, f"worker types without score tests in {', '.join(SCORE_TEST_MODULES)}: {sorted(missing)}"
+    assert set(STRUCTURAL) <= {name for name, filename in covered.items() if filename == "test_scoring.py"}
 
 
 def test_registry_rejects_a_second_registration():
@@ -70,7 +91,8 @@ def train_kb(make_kb):
 def test_every_worker_type_builds_and_trains_one_step(name, loss, train_kb):
     cls = WORKER_TYPES.get(name)
     assert issubclass(cls, WorkerType)
-    settings = cls.validate_settings({"dim": 8, "negatives": 4, "loss": loss, "regularization": 0.01})
+    extra = {"regularization": 0.01} if _is_structural(name) else {}
+    settings = cls.validate_settings(_negative_sampling_settings(name, dim=8, negatives=4, loss=loss, **extra))
     worker = cls(train_kb, settings)
     assert worker.num_entities == 12 and worker.num_relations == 3
     assert worker.num_parameters() == sum(p.numel() for p in worker.modules().parameters()) > 0
@@ -108,14 +130,14 @@ def test_negatives_are_sampled_over_all_entities(name, make_kb):
     """A batch of two triples still moves most other entities: they were drawn as negatives."""
     kb = make_kb(12, 2, train=[[0, 0, 1], [2, 1, 3]])
     cls = WORKER_TYPES.get(name)
-    worker = cls(kb, cls.validate_settings({"dim": 4, "negatives": 32}))
+    worker = cls(kb, cls.validate_settings(_negative_sampling_settings(name, dim=4, negatives=32)))
     worker.train_loss(torch.from_numpy(kb.train)).backward()
     moved = worker.modules().entity.weight.grad.abs().sum(dim=1) > 0
     assert moved[:4].all()
     assert int(moved[4:].sum()) >= 6, moved
 
 
-@pytest.mark.parametrize("name", WORKER_TYPES.names())
+@pytest.mark.parametrize("name", STRUCTURAL)  # the Kronecker types' version is in test_kronecker
 @pytest.mark.parametrize("loss", ["self-adversarial", "logistic"])
 def test_true_triples_are_not_used_as_negatives(name, loss, make_kb):
     """With every possible triple in train, every corruption is true: only the positive term is left."""
