@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from kb_worker.candidates import PoolIndex
 from kb_worker.data import KnowledgeBase
 from kb_worker.losses import logistic_loss, self_adversarial_loss
 from kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
@@ -179,7 +180,7 @@ class KroneckerWorker(WorkerType):
         relation = torch.cat([relations, relations + self.num_relations])
         answers = torch.cat([tails, heads])
         self._answer_keys = torch.unique(self._answer_key(given, relation, answers))  # sorted
-        self._index_cache: tuple[int, torch.Tensor, faiss.Index] | None = None
+        self._index = PoolIndex(faiss.METRIC_INNER_PRODUCT)
 
     def modules(self) -> nn.Module:
         return self.model
@@ -224,20 +225,8 @@ class KroneckerWorker(WorkerType):
         """faiss inner-product top-k: the score is exactly ``<query vector, entity vector>``."""
         k = min(k, pool.numel())
         with torch.no_grad():
-            index = self._pool_index(pool)
-            vectors = np.ascontiguousarray(self._queries(kind, queries).numpy(), dtype=np.float32)
-            _, rows = index.search(vectors, k)
-            return pool[torch.from_numpy(rows)]
+            return self._index.search(self.model.entity.weight, pool, lambda rows: rows, self._queries(kind, queries), k)
 
-    def _pool_index(self, pool: torch.Tensor) -> faiss.Index:
-        """A flat inner-product index over the pool's entity vectors, rebuilt when the pool or the weights change."""
-        weights = self.model.entity.weight
-        if self._index_cache is None or self._index_cache[0] != weights._version or not torch.equal(self._index_cache[1], pool):
-            keys = np.ascontiguousarray(weights[pool].detach().numpy(), dtype=np.float32)
-            index = faiss.IndexFlat(keys.shape[1], faiss.METRIC_INNER_PRODUCT)
-            index.add(keys)
-            self._index_cache = (weights._version, pool.clone(), index)
-        return self._index_cache[2]
 
     # -- training ------------------------------------------------------------------------
     def answers(self, given: torch.Tensor, relation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
