@@ -417,7 +417,7 @@ class KBWorker:
 
     def load(self, directory: str | Path) -> int:
         """Restores a checkpoint written by :meth:`save`; a bad one raises and changes nothing."""
-        model = self._require_model()
+        self._require_model()  # only into a configured job: the checkpoint restores weights, not job settings
         path = Path(directory) / CHECKPOINT_FILE
         if not path.is_file():
             raise DataError(f"{path}: checkpoint not found")
