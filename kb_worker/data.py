@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from services.errors import DataError
 from services.tsv import find_file, read_rows
@@ -57,6 +58,12 @@ class KnowledgeBase:
     def known_triples(self) -> np.ndarray:
         """Every true triple the KB knows (train, valid, test, known.tsv): the filter of filtered ranking."""
         return np.concatenate([self.train, self.valid, self.test, self.filter_only])
+
+
+def contains_sorted(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Whether each of ``keys`` is in ``sorted_keys`` (a sorted 1-d tensor): membership by binary search."""
+    position = torch.searchsorted(sorted_keys, keys).clamp(max=sorted_keys.numel() - 1)
+    return sorted_keys[position] == keys
 
 
 def read_vocabulary(path: Path, what: str) -> Vocabulary:

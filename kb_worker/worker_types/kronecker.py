@@ -39,7 +39,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from kb_worker.candidates import PoolIndex
-from kb_worker.data import KnowledgeBase
+from kb_worker.data import KnowledgeBase, contains_sorted
 from kb_worker.losses import logistic_loss, self_adversarial_loss
 from kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 
@@ -241,9 +241,7 @@ class KroneckerWorker(WorkerType):
         return rows, keys[torch.repeat_interleave(start, counts) + offsets] % self.num_entities
 
     def _is_answer(self, given: torch.Tensor, relation: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-        keys = self._answer_key(given, relation, answer)
-        position = torch.searchsorted(self._answer_keys, keys).clamp(max=self._answer_keys.numel() - 1)
-        return self._answer_keys[position] == keys
+        return contains_sorted(self._answer_keys, self._answer_key(given, relation, answer))
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
         settings: KroneckerSettings = self.settings  # type: ignore[assignment]

@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from kb_worker.candidates import PoolIndex
-from kb_worker.data import KnowledgeBase
+from kb_worker.data import KnowledgeBase, contains_sorted
 from kb_worker.losses import logistic_loss, self_adversarial_loss
 from kb_worker.scoring import all_pairs_scores, matched_scores
 from kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
@@ -217,9 +217,7 @@ class StructuralWorker(WorkerType):
         return (heads * self.num_relations + relations) * self.num_entities + tails
 
     def _is_train_triple(self, heads, relations, tails) -> torch.Tensor:
-        keys = self._triple_keys(heads, relations, tails)
-        position = torch.searchsorted(self._train_keys, keys).clamp(max=self._train_keys.numel() - 1)
-        return self._train_keys[position] == keys
+        return contains_sorted(self._train_keys, self._triple_keys(heads, relations, tails))
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
         settings: StructuralSettings = self.settings  # type: ignore[assignment]

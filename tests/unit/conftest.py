@@ -47,3 +47,12 @@ def _no_ray(monkeypatch):
         raise RuntimeError("unit tests must not start Ray; move this test to tests/integration")
 
     monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.fixture
+def one_thread():
+    """Training tests run on one torch thread, as the workers do, and restore the count after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -327,14 +327,6 @@ def test_label_relaxation_by_hand():
     assert got.item() == pytest.approx((kl_true + kl_false) / 4, rel=1e-5)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name, regime, dim", [("kd-distmult", "KvsAll", 256), ("kd-rel-distmult", "1vsAll", 256)])
 def test_learns_umls(name, regime, dim, one_thread):
     kb = load_kb(UMLS)

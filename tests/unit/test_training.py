@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from kb_worker.data import load_kb
@@ -12,14 +11,6 @@ from kb_worker.ranking import KnownAnswers, evaluate_ranking
 from kb_worker.worker_types import WORKER_TYPES
 
 UMLS = Path(__file__).parents[2] / "services" / "datasets" / "umls"
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_transe_learns_umls(one_thread):
