@@ -106,7 +106,7 @@ def split(
     out: Annotated[Path, typer.Option("--out", help="Output folder (must not exist or be empty).")],
     kbs: Annotated[int, typer.Option("--kbs", help="Number of KBs to cut the train triples into.")] = 2,
     seed: Annotated[int, typer.Option("--seed", help="Shuffle seed.")] = 0,
-    align: Annotated[str, typer.Option("--align", help="Entity alignment: co-occurring, all, or a fraction in (0,1] of the co-occurring entities.")] = "co-occurring",
+    align: Annotated[str, typer.Option("--align", help="Entity alignment: co-occurring, all, a fraction in (0,1] of the co-occurring entities, or co-occurring+F (those and F of the others).")] = "co-occurring",
 ) -> None:
     """Cut a dataset into KBs as the KD-MKB paper does, with their alignments and a job.toml."""
     from services.split import split_dataset, write_job_file

@@ -19,7 +19,11 @@ from services.config import KB_NAME_PATTERN
 from services.errors import ConfigError
 from services.tsv import write_rows
 
-ALIGN_CHOICES = '"co-occurring", "all", or a fraction in (0, 1] such as "0.5"'
+ALIGN_CHOICES = (
+    '"co-occurring", "all", a fraction in (0, 1] of the co-occurring entities such as "0.5", '
+    'or "co-occurring+F": the co-occurring entities and a fraction F in (0, 1] of the others, such as "co-occurring+0.2"'
+)
+EXTEND = "co-occurring+"
 _RESERVED = {"alignments", "split.json"}
 
 
@@ -33,17 +37,18 @@ class SplitSummary:
     pair_counts: dict[tuple[str, str], tuple[int, int]]
 
 
-def parse_align(align: str) -> float | str:
-    """Returns "co-occurring", "all" or a fraction in (0, 1]; anything else is a :class:`ConfigError`."""
+def parse_align(align: str) -> float | str | tuple[str, float]:
+    """Returns "co-occurring", "all", a fraction in (0, 1], or ``(EXTEND, fraction)``; anything else is a :class:`ConfigError`."""
     if align in ("co-occurring", "all"):
         return align
+    extend = isinstance(align, str) and align.startswith(EXTEND)
     try:
-        fraction = float(align)
+        fraction = float(align[len(EXTEND) :] if extend else align)
     except (TypeError, ValueError):
         fraction = math.nan
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"align: invalid value {align!r}; expected {ALIGN_CHOICES}")
-    return fraction
+    return (EXTEND, fraction) if extend else fraction
 
 
 def check_names(names: list[str] | None, kbs: int) -> tuple[str, ...]:
@@ -129,15 +134,25 @@ def split_dataset(
     )
 
 
-def _aligned_entities(rule: float | str, left: np.ndarray, right: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _sample(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """``round(fraction * len(ids))`` of ``ids`` (at least one), drawn without replacement."""
+    keep = max(1, math.floor(fraction * len(ids) + 0.5))
+    return rng.choice(ids, size=keep, replace=False)
+
+
+def _aligned_entities(rule: float | str | tuple[str, float], left: np.ndarray, right: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Entity ids aligned between two KBs (ascending), given their train-entity masks."""
     if rule == "all":
         return np.arange(len(left))
-    shared = np.flatnonzero(left & right)
+    shared = left & right
+    if isinstance(rule, tuple):  # the paper's Figures 3-4: co-occurring, then +F of the rest, up to all
+        rest = np.flatnonzero(~shared)
+        extra = _sample(rest, rule[1], rng) if len(rest) else rest
+        return np.sort(np.concatenate([np.flatnonzero(shared), extra]))
+    shared = np.flatnonzero(shared)
     if rule == "co-occurring" or len(shared) == 0:
         return shared
-    keep = max(1, math.floor(rule * len(shared) + 0.5))
-    return np.sort(rng.choice(shared, size=keep, replace=False))
+    return np.sort(_sample(shared, rule, rng))
 
 
 def _write(root: Path, kb: KnowledgeBase, kb_names, trains, pairs) -> None:

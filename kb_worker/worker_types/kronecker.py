@@ -7,10 +7,15 @@
   product ``u u^T`` of ``u = h o r``, so summing the rows of ``R(.) t`` (the sum commutes with the
   matrix-vector product) gives ``<sum(u) u, t>``: the reconstructed query ``sum(u) u`` costs ``O(k)``
   and the ``d``-vector is never built. Tests check both models against ``torch.kron``.
+* ``reciprocal-distmult``: the paper's baseline, plain DistMult ``<h o r, t>`` with entities and
+  relations of size ``d``, trained exactly like the two above (same regimes, reciprocal relations,
+  batch-norm), so that tables compare decompositions and not training regimes. The structural
+  ``distmult`` worker is the same score without reciprocals and batch-norm, trained by negative
+  sampling only.
 
-Both scores are inner products of a *query vector* (the reconstructed ``h o (r (x) r)`` or
-``sum(u) u``, then batch-norm, then dropout) with the raw tail entity vector, so ``score_all`` is
-one matrix product and ``top_candidates`` a faiss inner-product search.
+All three scores are inner products of a *query vector* (``h o r``, the reconstructed
+``h o (r (x) r)`` or ``sum(u) u``, then batch-norm, then dropout) with the raw tail entity vector,
+so ``score_all`` is one matrix product and ``top_candidates`` a faiss inner-product search.
 
 Reciprocal relations: the model holds ``2 |R|`` relation vectors; relation ``r + |R|`` is the
 inverse of ``r``. A head query ``(?, r, t)`` is answered as the tail query ``(t, r^-1, ?)``, and
@@ -44,14 +49,11 @@ from kb_worker.losses import logistic_loss, self_adversarial_loss
 from kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 
 
-class KroneckerSettings(WorkerSettings):
+class ReciprocalSettings(WorkerSettings):
+    """Settings of the DistMult family trained with reciprocal relations (this module's worker types)."""
+
     learning_rate: float = Field(0.01, gt=0, description="Adam learning rate (the paper's 0.01).")
-    dim: int = Field(
-        100,
-        gt=0,
-        description="Size d of the reconstructed embeddings, a perfect square; the stored vectors have sqrt(d) numbers "
-        "(relations of kd-rel-distmult; entities and relations of kd-distmult).",
-    )
+    dim: int = Field(100, gt=0, description="Size d of the entity and relation embeddings.")
     regime: Literal["1vsAll", "KvsAll", "negative-sampling"] = Field(
         "1vsAll",
         description="1vsAll or KvsAll: binary cross-entropy over all entities with reciprocal triples (the paper's training); "
@@ -74,6 +76,23 @@ class KroneckerSettings(WorkerSettings):
     )
     adversarial_temperature: float = Field(1.0, ge=0, description="negative-sampling: self-adversarial sampling temperature.")
 
+    @model_validator(mode="after")
+    def _one_calibration(self) -> "ReciprocalSettings":
+        if self.label_smoothing and self.label_relaxation:
+            raise ValueError("label_smoothing and label_relaxation are alternatives: set at most one")
+        if self.regime == "negative-sampling" and (self.label_smoothing or self.label_relaxation):
+            raise ValueError("label_smoothing and label_relaxation apply to the 1vsAll and KvsAll regimes only")
+        return self
+
+
+class KroneckerSettings(ReciprocalSettings):
+    dim: int = Field(
+        100,
+        gt=0,
+        description="Size d of the reconstructed embeddings, a perfect square; the stored vectors have sqrt(d) numbers "
+        "(relations of kd-rel-distmult; entities and relations of kd-distmult).",
+    )
+
     @field_validator("dim")
     @classmethod
     def _perfect_square(cls, value: int) -> int:
@@ -82,21 +101,12 @@ class KroneckerSettings(WorkerSettings):
             raise ValueError(f"must be a perfect square (Kronecker factors have sqrt(dim) numbers), got {value}; e.g. {root * root} or {(root + 1) ** 2}")
         return value
 
-    @model_validator(mode="after")
-    def _one_calibration(self) -> "KroneckerSettings":
-        if self.label_smoothing and self.label_relaxation:
-            raise ValueError("label_smoothing and label_relaxation are alternatives: set at most one")
-        if self.regime == "negative-sampling" and (self.label_smoothing or self.label_relaxation):
-            raise ValueError("label_smoothing and label_relaxation apply to the 1vsAll and KvsAll regimes only")
-        return self
 
-
-class KroneckerModel(nn.Module):
+class ReciprocalModel(nn.Module):
     """Entity vectors, ``2 |R|`` relation vectors (with inverses), batch-norm and dropout of the query."""
 
-    def __init__(self, num_entities: int, num_relations: int, settings: KroneckerSettings, entity_dim: int, relation_dim: int) -> None:
+    def __init__(self, num_entities: int, num_relations: int, settings: ReciprocalSettings, entity_dim: int, relation_dim: int) -> None:
         super().__init__()
-        self.root = math.isqrt(settings.dim)
         self.entity = nn.Embedding(num_entities, entity_dim)
         self.relation = nn.Embedding(2 * num_relations, relation_dim)
         self.norm = nn.BatchNorm1d(entity_dim)  # the query has the size of the entity (key) vectors
@@ -123,11 +133,22 @@ class KroneckerModel(nn.Module):
         return self.dropout(flat).reshape(vectors.shape)
 
 
-class KDRelDistMultModel(KroneckerModel):
+class DistMultModel(ReciprocalModel):
+    """Plain DistMult ``<h o r, t>``, entities and relations of size d."""
+
+    def __init__(self, num_entities: int, num_relations: int, settings: ReciprocalSettings) -> None:
+        super().__init__(num_entities, num_relations, settings, settings.dim, settings.dim)
+
+    def reconstruct(self, head, relation):
+        return head * relation
+
+
+class KDRelDistMultModel(ReciprocalModel):
     """Paper eq. 8: ``<h o (r (x) r), t>``, entities of size d, relations of size sqrt(d)."""
 
     def __init__(self, num_entities: int, num_relations: int, settings: KroneckerSettings) -> None:
         super().__init__(num_entities, num_relations, settings, settings.dim, math.isqrt(settings.dim))
+        self.root = math.isqrt(settings.dim)
 
     def reconstruct(self, head, relation):
         # (r (x) r)[i k + j] = r_i r_j: scale the k x k view of h by rows and columns instead.
@@ -136,7 +157,7 @@ class KDRelDistMultModel(KroneckerModel):
         return grid.flatten(-2)
 
 
-class KDDistMultModel(KroneckerModel):
+class KDDistMultModel(ReciprocalModel):
     """Paper eq. 9: ``sum_i R((h (x) h) o (r (x) r))_i . t`` = ``<sum(h o r) (h o r), t>``, everything of size sqrt(d)."""
 
     def __init__(self, num_entities: int, num_relations: int, settings: KroneckerSettings) -> None:
@@ -163,13 +184,13 @@ def relaxation_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float) ->
     return torch.where(inside, torch.zeros_like(kl), kl).mean()
 
 
-class KroneckerWorker(WorkerType):
-    """A Kronecker-decomposed DistMult trained by 1vsAll, KvsAll or negative sampling (see module docstring)."""
+class ReciprocalWorker(WorkerType):
+    """A DistMult-family model trained by 1vsAll, KvsAll or negative sampling with reciprocal relations (see module docstring)."""
 
-    settings_model = KroneckerSettings
-    model_class: ClassVar[type[KroneckerModel]]
+    settings_model: ClassVar[type[ReciprocalSettings]] = ReciprocalSettings
+    model_class: ClassVar[type[ReciprocalModel]]
 
-    def __init__(self, kb: KnowledgeBase, settings: KroneckerSettings) -> None:
+    def __init__(self, kb: KnowledgeBase, settings: ReciprocalSettings) -> None:
         super().__init__(kb, settings)
         self.model = self.model_class(self.num_entities, self.num_relations, settings)
         train = torch.from_numpy(kb.train)
@@ -244,7 +265,7 @@ class KroneckerWorker(WorkerType):
         return contains_sorted(self._answer_keys, self._answer_key(given, relation, answer))
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        settings: KroneckerSettings = self.settings  # type: ignore[assignment]
+        settings: ReciprocalSettings = self.settings  # type: ignore[assignment]
         model = self.model
         heads, relations, tails = batch.unbind(dim=1)
         # Each triple as its tail query (h, r, ?) and its reciprocal (t, r^-1, ?).
@@ -286,15 +307,24 @@ class KroneckerWorker(WorkerType):
         }
 
 
+@WORKER_TYPES.register("reciprocal-distmult")
+class ReciprocalDistMultWorker(ReciprocalWorker):
+    """DistMult in the Kronecker workers' training regime: the paper's baseline."""
+
+    model_class = DistMultModel
+
+
 @WORKER_TYPES.register("kd-rel-distmult")
-class KDRelDistMultWorker(KroneckerWorker):
+class KDRelDistMultWorker(ReciprocalWorker):
     """KD-Rel-DistMult (paper eq. 8)."""
 
+    settings_model = KroneckerSettings
     model_class = KDRelDistMultModel
 
 
 @WORKER_TYPES.register("kd-distmult")
-class KDDistMultWorker(KroneckerWorker):
+class KDDistMultWorker(ReciprocalWorker):
     """KD-DistMult (paper eq. 9)."""
 
+    settings_model = KroneckerSettings
     model_class = KDDistMultModel

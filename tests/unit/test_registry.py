@@ -16,7 +16,7 @@ from kb_worker.worker_types.structural import StructuralWorker
 from services.errors import ConfigError
 from services.registry import Registry
 
-BUILT_IN = ("complex", "distmult", "kd-distmult", "kd-rel-distmult", "rotate", "transe")
+BUILT_IN = ("complex", "distmult", "kd-distmult", "kd-rel-distmult", "reciprocal-distmult", "rotate", "transe")
 
 
 # Test modules whose COVERED_WORKER_TYPES name the worker types their score tests cover.

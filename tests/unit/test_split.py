@@ -147,6 +147,21 @@ def test_fraction_samples_a_reproducible_share_of_co_occurring(tmp_path, fractio
         )
 
 
+@pytest.mark.parametrize("fraction", [0.2, 0.6, 1.0])
+def test_extended_alignment_adds_a_share_of_the_other_entities(tmp_path, fraction):
+    summary = split_dataset(UMLS, tmp_path / "out", kbs=3, seed=5, align=f"co-occurring+{fraction}")
+    out, everything = tmp_path / "out", set(load_kb(UMLS).entities.names)
+    for a, b in combinations(summary.kb_names, 2):
+        shared = train_entities(out / a) & train_entities(out / b)
+        rest = everything - shared
+        lines = rows(out / "alignments" / f"{a}__{b}.entities.tsv")
+        aligned = {left for left, _ in lines}
+        assert all(left == right for left, right in lines) and len(aligned) == len(lines)
+        assert shared <= aligned and len(aligned - shared) == max(1, math.floor(fraction * len(rest) + 0.5))
+        if fraction == 1.0:
+            assert aligned == everything
+
+
 def test_fraction_sample_depends_on_seed(tmp_path):
     split_dataset(UMLS, tmp_path / "a", kbs=2, seed=1, align="0.3")
     split_dataset(UMLS, tmp_path / "b", kbs=2, seed=2, align="0.3")
@@ -236,7 +251,7 @@ def assert_nothing_written(parent: Path, before: set[Path]) -> None:
         ({"kbs": 0}, "kbs"),
         ({"kbs": 41}, "kbs: 41 is more than the 40 train triples"),
         ({"kbs": 2, "seed": -1}, "seed"),
-        *[({"kbs": 2, "align": bad}, "align: invalid value") for bad in ("abc", "0", "1.5", "-0.2", "nan", "")],
+        *[({"kbs": 2, "align": bad}, "align: invalid value") for bad in ("abc", "0", "1.5", "-0.2", "nan", "", "co-occurring+", "co-occurring+0", "co-occurring+1.2", "all+0.2")],
         ({"kbs": 2, "names": ["a"]}, "names"),
         ({"kbs": 2, "names": ["a", "A"]}, "given twice"),
         ({"kbs": 2, "names": ["a", ""]}, "not a safe KB name"),
