@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test protos
+.PHONY: install tools demo test protos
 
 $(BIN)/kdmkb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +13,26 @@ $(BIN)/kdmkb: pyproject.toml
 
 install: $(BIN)/kdmkb
 
+# A real Prometheus server and promtool for the monitoring tests and `kdmkb cluster`: Debian's
+# package, unpacked into the project (self-contained binaries; nothing is installed system-wide).
+TOOLS := .tools
+PROMETHEUS := $(TOOLS)/prometheus/usr/bin/prometheus
+
+$(PROMETHEUS):
+	rm -rf $(TOOLS)/prometheus $(TOOLS)/download && mkdir -p $(TOOLS)/download
+	cd $(TOOLS)/download && { apt-get download prometheus || { apt-get update && apt-get download prometheus; }; }
+	dpkg -x $(TOOLS)/download/prometheus_*.deb $(TOOLS)/prometheus
+	rm -rf $(TOOLS)/download
+	touch $@
+
+tools: $(PROMETHEUS)
+
 demo: install
 	$(BIN)/kdmkb demo --report kdmkb-demo-report.json
 
 # Ray advertises the machine's interface address even when told 127.0.0.1, so the suite runs
 # in a fresh network namespace where only loopback exists (see README, "Tests").
-test: install
+test: install tools
 	scripts/loopback-only $(BIN)/python -m pytest -q
 
 protos: install

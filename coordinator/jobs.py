@@ -124,7 +124,7 @@ class JobRunner(threading.Thread):
                 seconds = self._round(round_, strategy.plan(round_), settings)
                 job.round = round_ + 1
                 metrics.ROUND_SECONDS.labels(job.job_id).observe(seconds)
-                metrics.JOB_ROUND.labels(job.job_id).set(job.round)
+                metrics.JOB_ROUNDS.labels(job.job_id).set(job.round)
                 if settings.eval_every and job.round % settings.eval_every == 0 and job.round < settings.rounds:
                     self._evaluate("valid")
                 if settings.checkpoint_every and job.round % settings.checkpoint_every == 0:

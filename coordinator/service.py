@@ -75,7 +75,8 @@ class Coordinator:
                 except KdmkbError as error:
                     job.state, job.error = "FAILED", f"cannot resume after restart: {error}"
                     self.store.save_job(job.to_dict())
-        self._count_jobs()
+        self._export_job_states()
+        self.store.save_scrape_targets(self.scrape_targets())  # also when no KB could be re-opened
 
     def _persist_kbs(self) -> None:
         self.store.save_kbs({name: kb.spec for name, kb in self._kbs.items()})
@@ -86,10 +87,11 @@ class Coordinator:
             [{"kb_a": a.kb_a, "kb_b": a.kb_b, "entities_path": a.entities_path, "relations_path": a.relations_path} for a in self._alignments.values()]
         )
 
-    def _count_jobs(self) -> None:
+    def _export_job_states(self) -> None:
         with self._lock:
-            for state in STATES:
-                metrics.JOBS.labels(state).set(sum(job.state == state for job in self._jobs.values()))
+            for job in self._jobs.values():
+                for state in STATES:
+                    metrics.JOB_STATE.labels(job.job_id, state).set(float(job.state == state))
 
     # -- KBs -------------------------------------------------------------------------------
     def register_kb(self, name: str, data_dir: str, worker_type: str = "transe", settings: dict | None = None, resource: str = "") -> dict:
@@ -203,7 +205,7 @@ class Coordinator:
         with self._lock:
             self._jobs[job.job_id] = job
         self.store.save_job(job.to_dict())
-        self._count_jobs()
+        self._export_job_states()
         return job
 
     def _job_alignments(self, kbs: list[str]) -> list[PairAlignment]:
@@ -237,7 +239,7 @@ class Coordinator:
     def _launch(self, job: Job, resume: bool) -> None:
         workers = {name: self._kb(name, "kbs").handle for name in job.kbs}
         views = merge(job.kbs, self._job_alignments(job.kbs) if job.strategy != "none" else [])
-        runner = JobRunner(job, workers, views, self.store, self._count_jobs, resume)
+        runner = JobRunner(job, workers, views, self.store, self._export_job_states, resume)
         job.state = "RUNNING"
         self._runners[job.job_id] = runner
         runner.start()
@@ -251,7 +253,7 @@ class Coordinator:
         elif job.state == "CREATED":
             job.state = "STOPPED"
             self.store.save_job(job.to_dict())
-            self._count_jobs()
+            self._export_job_states()
         return job
 
     def watch_job(self, job_id: str, is_active=lambda: True, poll_seconds: float = 0.5) -> Iterator[JobEvent]:

@@ -104,7 +104,7 @@ def rpc(method):
 
     def finish(code: grpc.StatusCode, started: float) -> None:
         metrics.RPC_REQUESTS.labels(name, code.name).inc()
-        metrics.RPC_SECONDS.labels(name).observe(time.perf_counter() - started)
+        metrics.RPC_SECONDS.labels(name, code.name).observe(time.perf_counter() - started)
 
     def abort(context, error: Exception, started: float):
         code = _status(error)

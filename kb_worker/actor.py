@@ -8,7 +8,7 @@ import uuid
 import ray
 
 from kb_worker.worker import KBWorker
-from services.metrics import serve_metrics
+from services.metrics import advertised_host, serve_metrics
 
 
 class KBWorkerActor(KBWorker):
@@ -26,9 +26,10 @@ class KBWorkerActor(KBWorker):
         return self.describe()
 
     def start_metrics(self) -> dict:
+        """Serves /metrics once per actor; the coordinator lists the address in the scrape targets."""
         if getattr(self, "_metrics_port", None) is None:
             self._metrics_port = serve_metrics()
-        return {"host": os.environ.get("KDMKB_METRICS_HOST", "127.0.0.1"), "port": self._metrics_port}
+        return {"host": advertised_host(), "port": self._metrics_port}
 
     def placement(self) -> dict:
         context = ray.get_runtime_context()

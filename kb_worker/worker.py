@@ -344,13 +344,14 @@ class KBWorker:
         triples = sum(len(b) for b in batches)
         loss_mean = own_total / max(1, len(batches))
         kd_mean = kd_total / kd_steps if kd_steps else 0.0
-        if not np.isfinite(loss_mean) or not np.isfinite(kd_mean):
-            raise FloatingPointError(f"KB {self.name!r}: loss became {loss_mean} (KD {kd_mean}) at step {self.step}; lower the learning rate")
-        metrics.WORKER_LOSS.labels(*labels).set(loss_mean)
+        metrics.WORKER_LOSS.labels(*labels).set(loss_mean)  # before the check: a NaN loss is what the alert looks for
         if kd_steps:
             metrics.WORKER_KD_LOSS.labels(*labels).set(kd_mean)
+        if not np.isfinite(loss_mean) or not np.isfinite(kd_mean):
+            raise FloatingPointError(f"KB {self.name!r}: loss became {loss_mean} (KD {kd_mean}) at step {self.step}; lower the learning rate")
         metrics.WORKER_STEPS.labels(*labels).inc(len(batches))
         metrics.WORKER_TRIPLES.labels(*labels).inc(triples)
+        metrics.WORKER_STEPS_RATE.labels(*labels).set(len(batches) / seconds if seconds > 0 else 0.0)
         metrics.WORKER_TRIPLES_RATE.labels(*labels).set(triples / seconds if seconds > 0 else 0.0)
         return {"loss": loss_mean, "kd_loss": kd_mean, "steps": self.step, "seconds": seconds, "triples": triples}
 

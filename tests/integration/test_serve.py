@@ -93,7 +93,7 @@ def test_cli_against_a_served_coordinator(tmp_path):
         for target in targets:
             worker_metrics = scrape(target["targets"][0])
             kb = target["labels"]["kb"]
-            steps = re.search(rf'kdmkb_worker_steps_total{{job="{report["job_id"]}",kb="{kb}"}} (\S+)', worker_metrics)
+            steps = re.search(rf'kdmkb_worker_training_steps_total{{job="{report["job_id"]}",kb="{kb}"}} (\S+)', worker_metrics)
             assert steps and float(steps.group(1)) == JOB["rounds"] * JOB["steps_per_round"], worker_metrics[:2000]
             assert f'kdmkb_worker_soft_label_sent_bytes_total{{job="{report["job_id"]}",kb="{kb}"' in worker_metrics
     finally:
