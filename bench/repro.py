@@ -1,0 +1,173 @@
+"""KD-MKB's Tables 2-3 and Figures 3-4 (Sourty et al., COLING 2020) re-run through kdmkb's own service.
+
+Run from the repository root, inside the loopback-only namespace that Ray needs here::
+
+    scripts/loopback-only .venv/bin/python bench/repro.py run --dataset ../shared/data/wn18rr --kbs 2 \\
+        --worker-settings '{"dim": 200, "negatives": 128, "batch_size": 512}' --job-settings '{"rounds": 40, "steps_per_round": 85}' \\
+        --out bench/results/repro/wn18rr-n2
+    .venv/bin/python bench/repro.py render bench/results/repro/*/results.json --doc docs/results.md
+
+``run`` cuts the dataset's train triples into ``--kbs`` KBs exactly like ``kdmkb split`` (random
+partition, entity alignment ``--align``), then, for every strategy in ``--strategies``, submits the
+same job (same KBs, worker settings, budget and seed) to an embedded coordinator through its gRPC
+API and records every KB's filtered test metrics. ``--kbs 1`` trains the whole dataset as one KB
+(strategy ``none``): the paper's n = 1 row. ``--align`` accepts several rules for the alignment
+sweep of Figures 3-4 (e.g. ``co-occurring co-occurring+0.2 ... all``), each a separate split with
+the same seed, so the partition is the same and only the alignment grows.
+
+It writes ``results.json`` (every KB, strategy and alignment) and ``results.md`` (the paper's
+Table 3 layout: best and worst KB per strategy, and %Chg, the cooperative best's relative gain
+over that strategy's best) into ``--out``. ``render`` gathers several ``results.json`` into the
+section between ``<!-- quality:begin -->`` and ``<!-- quality:end -->`` of a Markdown document.
+"""
+
+from __future__ import annotations
+
+import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch and faiss are imported)
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from services.client import embedded_coordinator, job_report
+from services.config import JobFile
+from services.split import SplitSummary, job_file_dict, split_dataset
+
+STRATEGIES = ("none", "one-way", "sequential", "cooperative")
+METRICS = ("hits@1", "hits@3", "hits@10", "mrr")  # job_report keys
+HEADINGS = ("H@1", "H@3", "H@10", "MRR")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="Split, train every strategy, write results.json and results.md.")
+    run.add_argument("--dataset", type=Path, required=True, help="Dataset folder (train/valid/test TSV).")
+    run.add_argument("--kbs", type=int, default=2, help="Number of KBs (1: the whole dataset as one KB, strategy none).")
+    run.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    run.add_argument("--align", nargs="+", default=["co-occurring"], help="Entity alignment rule(s), as kdmkb split --align.")
+    run.add_argument("--worker-type", default="transe")
+    run.add_argument("--worker-settings", type=json.loads, default={}, help="JSON object of worker settings.")
+    run.add_argument("--job-settings", type=json.loads, default={}, help="JSON object of job settings (rounds, steps_per_round, alpha, ...).")
+    run.add_argument("--seed", type=int, default=0, help="Split seed and job seed.")
+    run.add_argument("--out", type=Path, required=True)
+    render = commands.add_parser("render", help="Write the tables of several results.json into a Markdown document.")
+    render.add_argument("inputs", nargs="+", type=Path)
+    render.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    return parser.parse_args(argv)
+
+
+def job_file(args: argparse.Namespace, summary: SplitSummary | None) -> tuple[JobFile, dict]:
+    """The job of one strategy run and its aligned counts; no split trains the whole dataset as one KB."""
+    job = {"eval_every": 0, "checkpoint_every": 0, "seed": args.seed, **args.job_settings}
+    if summary is None:
+        raw = {"job": job, "kb": [{"name": "full", "data": str(args.dataset.resolve()), "worker_type": args.worker_type, "settings": args.worker_settings}]}
+        return JobFile.model_validate(raw), {}
+    raw = job_file_dict(summary, worker_type=args.worker_type, worker_settings=args.worker_settings, job=job, relative=False)
+    return JobFile.model_validate(raw), {f"{a}~{b}": list(counts) for (a, b), counts in summary.pair_counts.items()}
+
+
+def run(args: argparse.Namespace) -> None:
+    _common.header(f"KD-MKB reproduction: {args.dataset.name}, n = {args.kbs}")
+    if args.kbs == 1 and len(args.align) > 1:
+        raise SystemExit("--kbs 1 trains the whole dataset as one KB: there is no alignment to sweep")
+    strategies = ["none"] if args.kbs == 1 else args.strategies
+    runs = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="kdmkb-repro-") as scratch, embedded_coordinator(str(Path(scratch) / "state")) as client:
+        for align in args.align:
+            summary = None if args.kbs == 1 else split_dataset(args.dataset, Path(scratch) / f"split-{len(runs)}", kbs=args.kbs, seed=args.seed, align=align)
+            config, aligned = job_file(args, summary)
+            for strategy in strategies:
+                # KB names are unique per coordinator: every run registers its KBs under a fresh prefix.
+                prefix = f"r{len(runs)}-"
+                renamed = rename_kbs(config, prefix)
+                started = time.perf_counter()
+                job = client.run(client.submit(renamed, strategy).job_id)
+                report = job_report(job)
+                seconds = time.perf_counter() - started
+                if report["state"] != "SUCCEEDED":
+                    raise SystemExit(f"{strategy} ({align}) ended {report['state']}: {job.error}")
+                kbs = {name.removeprefix(prefix): metrics for name, metrics in report["kbs"].items()}
+                runs.append({"strategy": strategy, "align": align if args.kbs > 1 else "-", "aligned": aligned, "seconds": round(seconds, 1), "kbs": kbs})
+                print(f"{strategy:12s} align={align:22s} {seconds:7.1f} s  " + "  ".join(f"{kb}: MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f}" for kb, m in kbs.items()))
+                sys.stdout.flush()
+    result = {
+        "dataset": args.dataset.name,
+        "kbs": args.kbs,
+        "worker_type": args.worker_type,
+        "worker_settings": args.worker_settings,
+        "job_settings": config.job.model_dump(exclude_none=True),
+        "seed": args.seed,
+        "command": sys.argv,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "runs": runs,
+    }
+    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (args.out / "results.md").write_text(tables(result) + "\n", encoding="utf-8")
+    print(tables(result))
+    print(f"load average at end: {_common.load_average()}")
+
+
+def rename_kbs(config: JobFile, prefix: str) -> JobFile:
+    raw = config.model_dump(mode="json", exclude_none=True)
+    for kb in raw["kb"]:
+        kb["name"] = prefix + kb["name"]
+    for alignment in raw["alignment"]:
+        alignment["kbs"] = [prefix + name for name in alignment["kbs"]]
+    return JobFile.model_validate(raw)
+
+
+def best_and_worst(run: dict) -> tuple[dict, dict]:
+    """The KBs with the highest and lowest test MRR (the paper reports both per strategy)."""
+    ordered = sorted(run["kbs"].values(), key=lambda m: m["mrr"])
+    return ordered[-1], ordered[0]
+
+
+def percent(value: float, metric: str) -> str:
+    return f"{value:.4f}" if metric == "mrr" else f"{100 * value:.2f}"
+
+
+def tables(result: dict) -> str:
+    """Table 3's layout per alignment: best/worst KB per strategy and the cooperative best's %Chg over it."""
+    settings = ", ".join(f"{k}={v}" for k, v in result["worker_settings"].items())
+    lines = [f"#### {result['dataset']}, n = {result['kbs']} ({result['worker_type']}: {settings}; seed {result['seed']})", ""]
+    for align in dict.fromkeys(run["align"] for run in result["runs"]):
+        runs = [run for run in result["runs"] if run["align"] == align]
+        cooperative = next((best_and_worst(run)[0] for run in runs if run["strategy"] == "cooperative"), None)
+        lines += [f"alignment: {align}" + (f" ({', '.join(f'{pair}: {e} entities, {r} relations' for pair, (e, r) in runs[0]['aligned'].items())})" if runs[0]["aligned"] else ""), ""]
+        lines.append("| strategy | " + " | ".join(f"{h} best | {h} worst | {h} %Chg" for h in HEADINGS) + " | wall s |")
+        lines.append("|---|" + "---|" * (3 * len(HEADINGS) + 1))
+        for run in runs:
+            best, worst = best_and_worst(run)
+            cells = []
+            for metric in METRICS:
+                change = "–" if cooperative is None or run["strategy"] == "cooperative" or not best[metric] else f"{100 * (cooperative[metric] - best[metric]) / best[metric]:+.1f}%"
+                cells.append(f"{percent(best[metric], metric)} | {percent(worst[metric], metric)} | {change}")
+            lines.append(f"| {run['strategy']} | " + " | ".join(cells) + f" | {run['seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render(args: argparse.Namespace) -> None:
+    results = [json.loads(path.read_text(encoding="utf-8")) for path in args.inputs]
+    doc = args.doc.read_text(encoding="utf-8")
+    begin, end = "<!-- quality:begin -->", "<!-- quality:end -->"
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{args.doc}: no {begin} ... {end} markers to write the tables between")
+    head, rest = doc.split(begin, 1)
+    body = "\n".join(tables(result) for result in sorted(results, key=lambda r: (r["dataset"], r["worker_type"], r["kbs"])))
+    args.doc.write_text(f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+    print(f"{len(results)} results written to {args.doc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run(args) if args.command == "run" else render(args)
+
+
+if __name__ == "__main__":
+    main()
