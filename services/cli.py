@@ -1,4 +1,4 @@
-"""The ``kdmkb`` command line: demo, split, run, serve, status, predict, export."""
+"""The ``kdmkb`` command line: demo, split, run, serve, status, predict, export, cluster up/down."""
 
 from __future__ import annotations
 
@@ -247,6 +247,44 @@ def export(kb: str, out: Annotated[Path, typer.Option("--out", help="Output .npz
     counts = client.export(kb, out)
     client.close()
     typer.echo(f"wrote {', '.join(f'{n} {kind} vectors' for kind, n in counts.items())} to {out}")
+
+
+cluster_app = typer.Typer(no_args_is_help=True, help="The cluster as local processes (no Docker): Ray head, one Ray node per KB, coordinator, Prometheus.")
+app.add_typer(cluster_app, name="cluster")
+StateDirOption = Annotated[Path, typer.Option("--state-dir", help="Where the cluster keeps its pids (cluster.json), logs, coordinator data and Prometheus data.")]
+
+
+@cluster_app.command("up")
+@guarded
+def cluster_up(
+    kbs: Annotated[str, typer.Option("--kbs", help="Comma-separated KB names; each gets a Ray node offering the resource kb:<name>.")],
+    state_dir: StateDirOption = Path(".kdmkb-cluster"),
+    ray_port: Annotated[int, typer.Option("--ray-port", help="Ray head (GCS) port; 0: any free port (likewise below).")] = 6379,
+    coordinator_port: Annotated[int, typer.Option("--coordinator-port", help="Coordinator gRPC port.")] = 50051,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Coordinator /metrics port.")] = 9400,
+    prometheus_port: Annotated[int, typer.Option("--prometheus-port", help="Prometheus web/API port.")] = 9090,
+    scrape_interval: Annotated[str, typer.Option("--scrape-interval", help="Prometheus scrape and rule evaluation interval.")] = "5s",
+) -> None:
+    """Start the local cluster on 127.0.0.1 and return once every part is ready."""
+    from services.cluster import cluster_up as up
+
+    state = up(state_dir, [name.strip() for name in kbs.split(",") if name.strip()], ray_port, coordinator_port, metrics_port, prometheus_port, scrape_interval)
+    typer.echo(f"ray:         {state['ray_address']}  (nodes: head, {', '.join(f'{kb} with {r}' for kb, r in state['resources'].items())})")
+    typer.echo(f"coordinator: {state['coordinator']}  (data: {state['data_dir']}, metrics: {state['coordinator_metrics']})")
+    typer.echo(f"prometheus:  {state['prometheus']}")
+    typer.echo(f"register a KB with its resource (RegisterKB resource=\"kb:<name>\"); stop with: kdmkb cluster down --state-dir {state_dir}")
+
+
+@cluster_app.command("down")
+@guarded
+def cluster_down(state_dir: StateDirOption = Path(".kdmkb-cluster")) -> None:
+    """Stop every process `kdmkb cluster up` started there."""
+    from services.cluster import cluster_down as down
+
+    survivors = down(state_dir)
+    if survivors:
+        fail(f"processes {survivors} survived SIGKILL")
+    typer.echo("cluster stopped")
 
 
 def main() -> None:
