@@ -97,12 +97,12 @@ def job_report(job: pb.Job) -> dict:
 
 
 @contextmanager
-def embedded_coordinator(data_dir: str | None = None):
-    """A local Ray and an in-process coordinator, reached over its own gRPC API on 127.0.0.1."""
+def embedded_coordinator(data_dir: str | None = None, ray_address: str | None = None):
+    """A local Ray (or the cluster at ``ray_address``) and an in-process coordinator, reached over its own gRPC API on 127.0.0.1."""
     from coordinator.server import start_server
     from coordinator.service import Coordinator
 
-    coordinator = Coordinator(data_dir)
+    coordinator = Coordinator(data_dir, ray_address=ray_address)
     server, port = start_server(coordinator, "127.0.0.1:0")
     client = CoordinatorClient(f"127.0.0.1:{port}")
     try:
