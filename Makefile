@@ -37,3 +37,9 @@ test: install tools
 
 protos: install
 	$(BIN)/python -m protos.generate
+
+# The compose cluster end to end (tests/e2e): as root it installs Docker from Debian's packages,
+# builds the images offline and runs the test outside the loopback-only namespace, since the
+# cluster needs the engine's bridge network (deploy/README.md).
+e2e: install tools
+	tests/e2e/stage.sh
