@@ -89,9 +89,12 @@ class _Launcher:
         temporary.write_text(json.dumps(self.state, indent=1), encoding="utf-8")
         os.replace(temporary, path)
 
+    def log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
     def start(self, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = self.state_dir / "logs" / f"{name}.log"
-        with log.open("ab") as output:
+        log = self.log(name)
+        with log.open("wb") as output:  # a fresh log: readiness is read from it
             process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
         self.state["processes"].append({"name": name, "pid": process.pid, "start_time": _start_time(process.pid), "log": str(log)})
         self.save()
@@ -99,7 +102,7 @@ class _Launcher:
 
     def wait_for(self, name: str, process: subprocess.Popen, ready, timeout: float) -> None:
         """Polls ``ready()`` until it holds; a process that ends first fails the start with its log's tail."""
-        log = self.state_dir / "logs" / f"{name}.log"
+        log = self.log(name)
         deadline = time.monotonic() + timeout
         while not ready():
             if process.poll() is not None or time.monotonic() > deadline:
@@ -164,7 +167,7 @@ def cluster_up(
     launcher = _Launcher(state_dir, state)
     launcher.save()
     try:
-        _start_ray_nodes(launcher, ray, kbs, object_store_mb, timeout)
+        _start_ray_nodes(launcher, ray, object_store_mb, timeout)
         _start_coordinator(launcher, timeout)
         _start_prometheus(launcher, prometheus, scrape_interval, timeout)
     except BaseException:
@@ -173,7 +176,7 @@ def cluster_up(
     return state
 
 
-def _start_ray_nodes(launcher: _Launcher, ray: str, kbs: list[str], object_store_mb: int, timeout: float) -> None:
+def _start_ray_nodes(launcher: _Launcher, ray: str, object_store_mb: int, timeout: float) -> None:
     """The head, then one node per KB, one at a time: nodes that start together on one machine
     can pick the same socket file or port. Fixed default ports (client server, dashboard agent)
     are replaced by free ones so several nodes fit on one machine."""
@@ -185,7 +188,7 @@ def _start_ray_nodes(launcher: _Launcher, ray: str, kbs: list[str], object_store
     nodes += [(f"ray-node-{name}", [f"--address={state['ray_address']}", f"--resources={json.dumps({resource: 1})}"]) for name, resource in state["resources"].items()]
     for name, own in nodes:
         process = launcher.start(name, [ray, "start", *own, *common, f"--dashboard-agent-listen-port={free_port()}"], env)
-        launcher.wait_for(name, process, _log_says(launcher.state_dir / "logs" / f"{name}.log", RAY_STARTED), timeout)
+        launcher.wait_for(name, process, _log_says(launcher.log(name), RAY_STARTED), timeout)
 
 
 def _start_coordinator(launcher: _Launcher, timeout: float) -> None:
@@ -198,7 +201,7 @@ def _start_coordinator(launcher: _Launcher, timeout: float) -> None:
         "--metrics-port", state["coordinator_metrics"].rsplit(":", 1)[1],
     ]  # fmt: skip
     process = launcher.start("coordinator", command, {"KDMKB_METRICS_HOST": HOST})
-    launcher.wait_for("coordinator", process, _log_says(launcher.state_dir / "logs" / "coordinator.log", COORDINATOR_STARTED), timeout)
+    launcher.wait_for("coordinator", process, _log_says(launcher.log("coordinator"), COORDINATOR_STARTED), timeout)
 
 
 def _start_prometheus(launcher: _Launcher, binary: Path, scrape_interval: str, timeout: float) -> None:
