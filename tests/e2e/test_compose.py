@@ -36,9 +36,9 @@ STEPS_QUERY = f"sum by (kb, instance) ({WORKER_STEPS.describe()[0].name}_total)"
 JOB = JobSettings(rounds=4, steps_per_round=5, checkpoint_every=2)
 
 
-def run(*command: str, env: dict | None = None, timeout: float = 120) -> str:
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if done.returncode:
+def run(*command: str, env: dict | None = None, timeout: float = 120, check: bool = True) -> str:
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode:
         raise AssertionError(f"{' '.join(command[:4])} ... failed ({done.returncode}): {(done.stderr or done.stdout)[-3000:]}")
     return done.stdout
 
@@ -66,8 +66,8 @@ class Compose:
         }
         self.down_done = False
 
-    def __call__(self, *args: str, timeout: float = 300) -> str:
-        return run("docker-compose", "-f", str(REPO / "docker-compose.yml"), "-p", self.project, *args, env=self.env, timeout=timeout)
+    def __call__(self, *args: str, timeout: float = 300, check: bool = True) -> str:
+        return run("docker-compose", "-f", str(REPO / "docker-compose.yml"), "-p", self.project, *args, env=self.env, timeout=timeout, check=check)
 
     def container(self, service: str) -> str:
         return self("ps", "-q", service).strip()
@@ -118,7 +118,8 @@ def cluster(tmp_path):
         run("docker", "version", "--format", "{{.Server.Version}}", timeout=30)
     except AssertionError as error:
         pytest.fail(f"docker engine not reachable: {error} (run `make e2e`)")
-    missing = [image for image in IMAGES if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode]
+    local = run("docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}")
+    missing = [image for image in IMAGES if image not in local.split()]
     if missing:
         pytest.fail(f"images {', '.join(missing)} are not built; nothing may be pulled: run deploy/build-images.sh")
     split = tmp_path / "split"
@@ -128,10 +129,7 @@ def cluster(tmp_path):
         yield compose
     finally:
         if not compose.down_done:
-            for service in SERVICES:
-                print(f"--- {service} (last lines)\n" + subprocess.run(
-                    ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "-p", compose.project, "logs", "--no-color", "--tail", "40", service],
-                    env=compose.env, capture_output=True, text=True).stdout)
+            print(compose("logs", "--no-color", "--tail", "40", check=False))
             compose.down()
 
 
