@@ -21,6 +21,12 @@ log() { echo "build-images: $*" >&2; }
 # Hash of files' names and contents, so that an image tag says exactly what went into it.
 content_hash() { find "$@" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+# Points REPO:latest at IMAGE and drops the repository's older hash tags (their layers stay cached).
+promote() {
+    local repo=${1%%:*}
+    docker tag "$1" "$repo:latest"
+    docker image ls "$repo" --format '{{.Repository}}:{{.Tag}}' | { grep -v -x -e "$1" -e "$repo:latest" || true; } | xargs -r docker rmi >/dev/null
+}
 build() {  # build IMAGE:TAG DOCKERFILE
     log "docker build $1"
     docker build --network none --build-arg BASE="$base" -f "$2" -t "$1" . >"$cache/build.log" 2>&1 \
@@ -72,7 +78,7 @@ if ! have_image "$tag"; then
     build "$tag" deploy/images/kdmkb.Dockerfile
     rm -rf "$stage/wheelhouse"
 fi
-docker tag "$tag" kdmkb:latest
+promote "$tag"
 
 # -- prometheus: Debian's build, which `make tools` unpacks (one binary that needs only libc) ----
 make --no-print-directory -s tools >&2
@@ -80,5 +86,5 @@ rm -rf "$stage/prometheus" && mkdir -p "$stage/prometheus"
 cp .tools/prometheus/usr/bin/prometheus .tools/prometheus/usr/bin/promtool "$stage/prometheus/"
 tag=kdmkb-prometheus:$(echo "$base_id $(content_hash "$stage/prometheus" deploy/images/prometheus.Dockerfile)" | sha256sum | cut -c1-16)
 have_image "$tag" || build "$tag" deploy/images/prometheus.Dockerfile
-docker tag "$tag" kdmkb-prometheus:latest
+promote "$tag"
 log "ready: kdmkb:latest, kdmkb-prometheus:latest (base $base)"
