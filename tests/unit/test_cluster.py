@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -18,6 +19,9 @@ def test_down_stops_a_recorded_process_and_what_it_left_behind(tmp_path):
     record = {"name": "node", "pid": leader.pid, "start_time": _start_time(leader.pid), "log": ""}
     (tmp_path / STATE_FILE).write_text(json.dumps({"processes": [record], "ray_temp_dir": str(ray_temp)}))
     try:
+        deadline = time.monotonic() + 10
+        while len(_session_members(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until bash has started its sleep
         assert len(_session_members(leader.pid)) == 2
         assert cluster_down(tmp_path, timeout=1) == []
         assert leader.wait(timeout=10) is not None and _session_members(leader.pid) == []
