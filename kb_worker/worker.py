@@ -309,12 +309,13 @@ class KBWorker:
             merged[step] = [_KDBatch(kind, *(torch.cat(column) for column in zip(*parts))) for (kind, _), parts in groups.items()]
         return merged
 
-    def _distillation_loss(self, model: WorkerType, batches: list[_KDBatch]) -> torch.Tensor:
-        """KL(teacher || student) on the teacher's candidates, weighted as in paper eq. 5."""
+    def _losses(self, model: WorkerType, batch: torch.Tensor, lessons: list[_KDBatch]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The own loss and KL(teacher || student) on the teachers' candidates, weighted as in paper eq. 5."""
+        own, student_scores = model.train_scores(batch, [(b.kind, b.queries, b.candidates) for b in lessons])
+        if not lessons:
+            return own, None
         temperature = self.distill.temperature
-        return sum(
-            distillation_kl(b.teacher_scores, model.score_candidates(b.kind, b.queries, b.candidates), temperature, weights=b.weights) for b in batches
-        )
+        return own, sum(distillation_kl(b.teacher_scores, scores, temperature, weights=b.weights) for b, scores in zip(lessons, student_scores))
 
     def train(self, round_: int, steps: int, *payloads: bytes) -> dict:
         """``steps`` updates on this round's batches, each ``(1-alpha) L_own + alpha L_KD`` when it has soft labels."""
@@ -328,10 +329,9 @@ class KBWorker:
         kd_steps = 0
         started = time.perf_counter()
         for step, batch in enumerate(batches):
-            own = model.train_loss(batch)
+            own, kd = self._losses(model, batch, lessons.get(step, []))
             loss = own
-            if lessons.get(step):
-                kd = self._distillation_loss(model, lessons[step])
+            if kd is not None:
                 loss = (1 - alpha) * own + alpha * kd
                 kd_total += float(kd.detach())
                 kd_steps += 1

@@ -69,6 +69,14 @@ class WorkerType(abc.ABC):
     def score_candidates(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Differentiable scores ``[q, c]`` of ``candidates`` (local ids) for ``queries [q, 2]``."""
 
+    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One training step's own loss and ``score_candidates(*request)`` for each request.
+
+        A student's step needs both; a worker type may override this to share work between
+        them (one embedding lookup, so one full-size gradient in backward instead of several).
+        """
+        return self.train_loss(batch), [self.score_candidates(*request) for request in requests]
+
     @abc.abstractmethod
     def score_all(self, kind: QueryKind, queries: torch.Tensor) -> torch.Tensor:
         """Scores ``[q, num_entities]`` of every entity for TAIL or HEAD queries (no grad needed)."""

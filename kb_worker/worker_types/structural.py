@@ -185,17 +185,27 @@ class StructuralWorker(WorkerType):
         rows = self.model.entity.weight.index_select(0, torch.cat([part.reshape(-1) for part in ids]))
         return [chunk.reshape(*part.shape, -1) for part, chunk in zip(ids, rows.split([part.numel() for part in ids]))]
 
-    def score_candidates(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _scored_entities(kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two entity id tensors whose rows scoring ``candidates`` reads."""
+        if kind == QueryKind.RELATION:
+            return queries[:, 0], queries[:, 1]
+        return queries[:, 0 if kind == QueryKind.TAIL else 1], candidates
+
+    def _scores_of_rows(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
         model = self.model
         if kind == QueryKind.RELATION:
-            heads, tails = self._entity_rows(queries[:, 0], queries[:, 1])
+            heads, tails = rows
             return matched_scores(model.tail_query(heads[:, None, :], model.relation(candidates)), model.key(tails)[:, None, :], model.metric)
-        given, keys = self._entity_rows(queries[:, 0 if kind == QueryKind.TAIL else 1], candidates)
+        given, keys = rows
         if kind == QueryKind.TAIL:
             vectors = model.tail_query(given, model.relation(queries[:, 1]))
         else:
             vectors = model.head_query(model.relation(queries[:, 0]), given)
         return matched_scores(vectors[:, None, :], model.key(keys), model.metric)
+
+    def score_candidates(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self._scores_of_rows(kind, queries, candidates, self._entity_rows(*self._scored_entities(kind, queries, candidates)))
 
     def score_all(self, kind: QueryKind, queries: torch.Tensor) -> torch.Tensor:
         return all_pairs_scores(self._queries(kind, queries), self.model.key(self.model.entity.weight), self.model.metric)
@@ -220,12 +230,18 @@ class StructuralWorker(WorkerType):
         return contains_sorted(self._train_keys, self._triple_keys(heads, relations, tails))
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.train_scores(batch, [])[0]
+
+    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The own loss and the requested scores from one entity lookup (see :meth:`_entity_rows`)."""
         settings: StructuralSettings = self.settings  # type: ignore[assignment]
         model = self.model
         heads, relations, tails = batch.unbind(dim=1)
         size = batch.shape[0]
         negatives = torch.randint(self.num_entities, (size, settings.negatives))
-        head_vectors, tail_vectors, negative_vectors = self._entity_rows(heads, tails, negatives)
+        wanted = [ids for request in requests for ids in self._scored_entities(*request)]
+        head_vectors, tail_vectors, negative_vectors, *scored_rows = self._entity_rows(heads, tails, negatives, *wanted)
+        scores = [self._scores_of_rows(*request, scored_rows[2 * i : 2 * i + 2]) for i, request in enumerate(requests)]
         relation_vectors = model.relation(relations)
         tail_queries = model.tail_query(head_vectors, relation_vectors)
         positive = matched_scores(tail_queries, model.key(tail_vectors), model.metric)
@@ -247,7 +263,7 @@ class StructuralWorker(WorkerType):
         if settings.regularization:
             penalty = head_vectors.pow(2).mean() + relation_vectors.pow(2).mean() + tail_vectors.pow(2).mean()
             loss = loss + settings.regularization * penalty
-        return loss
+        return loss, scores
 
     def embeddings(self) -> dict[str, np.ndarray]:
         return {
