@@ -17,7 +17,7 @@ python=${PYTHON:-python3}
 export DOCKER_BUILDKIT=0
 
 die() { echo "build-images: $*" >&2; exit 1; }
-log() { echo "build-images: $*" >&2; }
+log() { echo "build-images: [${SECONDS} s] $*" >&2; }
 # Hash of files' names and contents, so that an image tag says exactly what went into it.
 content_hash() { find "$@" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
