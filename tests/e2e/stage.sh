@@ -20,16 +20,18 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 engine_pid=""
-engine_log=$(mktemp /tmp/kdmkb-dockerd.XXXXXX.log)
+engine_log=""
 stop_engine() {
     if [ -n "$engine_pid" ]; then
         say "stopping the docker engine this stage started (pid $engine_pid)"
         kill "$engine_pid" 2>/dev/null || true
         for _ in $(seq 60); do kill -0 "$engine_pid" 2>/dev/null || break; sleep 0.5; done
+        if kill -0 "$engine_pid" 2>/dev/null; then say "dockerd still running after 30 s (log: $engine_log)"; else rm -f "$engine_log"; fi
     fi
 }
 trap 'stop_engine; say "wall time $(( $(date +%s) - started )) s"' EXIT
 if ! docker version >/dev/null 2>&1; then
+    engine_log=$(mktemp /tmp/kdmkb-dockerd.XXXXXX.log)
     say "no docker engine answers: starting dockerd (log: $engine_log)"
     dockerd --storage-driver=overlay2 >"$engine_log" 2>&1 &
     engine_pid=$!
