@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 
 from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from services.client import CoordinatorClient, state_name
+from services.cluster import free_port
 from services.config import JobSettings, load_job_file
 from services.datasets import dataset_dir
 from services.metrics import WORKER_STEPS
@@ -41,12 +41,6 @@ def run(*command: str, env: dict | None = None, timeout: float = 120, check: boo
     if check and done.returncode:
         raise AssertionError(f"{' '.join(command[:4])} ... failed ({done.returncode}): {(done.stderr or done.stdout)[-3000:]}")
     return done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Compose:
