@@ -31,7 +31,8 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, objec
     if address:
         kwargs["address"] = address
     else:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20, _node_ip_address="127.0.0.1")
+        # "local": a new Ray of our own, even when `ray start` left a cluster that Ray would otherwise join.
+        kwargs.update(address="local", include_dashboard=False, num_cpus=num_cpus, object_store_memory=object_store_mb * 2**20, _node_ip_address="127.0.0.1")
     ray.init(**kwargs)
 
 
