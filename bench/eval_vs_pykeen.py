@@ -12,7 +12,9 @@ train + valid + test, with ties counted as the mean of the optimistic and pessim
 (PyKEEN's "realistic" rank), so both must print the same metrics: the check that the two time
 the same work. PyKEEN's TransE scores all entities by broadcasting ``[batch, entities, dim]``,
 so its batch size matters; every ``--pykeen-batch-size`` is timed and the fastest is the figure.
-Our evaluation and PyKEEN's alternate ``--repeats`` times; medians are reported.
+Our evaluation and PyKEEN's alternate ``--repeats`` times; medians are reported, wall and CPU
+time. Run it in the default allocator environment: with the workers' ``MALLOC_*`` settings
+(services/ray_runtime.py) PyKEEN's ranking grew past 20 GB here and was killed.
 """
 
 from __future__ import annotations
@@ -61,10 +63,11 @@ def pykeen_model(worker: KBWorker, norm: int):
     return model.eval()
 
 
-def pykeen_evaluate(model, kb, batch_size: int) -> tuple[dict, float]:
+def pykeen_evaluate(model, kb, batch_size: int) -> tuple[dict, float, float]:
+    """PyKEEN's filtered metrics of ``model`` on ``kb``'s test split, wall and CPU seconds."""
     from pykeen.evaluation import RankBasedEvaluator
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = RankBasedEvaluator().evaluate(
         model,
         torch.from_numpy(kb.test),
@@ -72,8 +75,8 @@ def pykeen_evaluate(model, kb, batch_size: int) -> tuple[dict, float]:
         batch_size=batch_size,
         use_tqdm=False,
     )
-    seconds = time.perf_counter() - started
-    return {key: result.get_metric(f"both.realistic.{name}") for key, name in METRICS}, seconds
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {key: result.get_metric(f"both.realistic.{name}") for key, name in METRICS}, seconds, cpu
 
 
 def show(metrics: dict) -> str:
@@ -104,26 +107,30 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"== TransE L{norm}, dim {args.dim}, {args.threads} thread(s); trained {args.train_steps} steps ({trained['seconds']:.1f} s, loss {trained['loss']:.4f})")
         sys.stdout.flush()
-        ours_runs: list[float] = []
-        theirs_runs: dict[int, list[float]] = {size: [] for size in args.pykeen_batch_size}
+        ours_runs: list[tuple[float, float]] = []
+        theirs_runs: dict[int, list[tuple[float, float]]] = {size: [] for size in args.pykeen_batch_size}
         for repeat in range(args.repeats):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             ours = worker.evaluate("test")
-            ours_runs.append(time.perf_counter() - started)
-            print(f"  repeat {repeat} ours (eval_batch_size {args.eval_batch_size}): {ours_runs[-1]:7.2f} s  {show(ours)} | load {os.getloadavg()[0]:.2f}")
+            ours_runs.append((time.perf_counter() - started, time.process_time() - cpu))
+            print(f"  repeat {repeat} ours (eval_batch_size {args.eval_batch_size}): {ours_runs[-1][0]:7.2f} s (CPU {ours_runs[-1][1]:.2f} s)  {show(ours)} | load {os.getloadavg()[0]:.2f}")
             sys.stdout.flush()
             for size in args.pykeen_batch_size:
-                theirs, seconds = pykeen_evaluate(model, kb, size)
-                theirs_runs[size].append(seconds)
+                theirs, seconds, cpu = pykeen_evaluate(model, kb, size)
+                theirs_runs[size].append((seconds, cpu))
                 gap = max(abs(theirs[key] - ours[key]) for key, _ in METRICS)
-                print(f"  repeat {repeat} PyKEEN (batch_size {size:4d}): {seconds:7.2f} s  {show(theirs)} | largest metric gap {gap:.2e} | load {os.getloadavg()[0]:.2f}")
+                print(
+                    f"  repeat {repeat} PyKEEN (batch_size {size:4d}): {seconds:7.2f} s (CPU {cpu:.2f} s)  {show(theirs)} | "
+                    f"largest metric gap {gap:.2e} | load {os.getloadavg()[0]:.2f}"
+                )
                 sys.stdout.flush()
-        ours_median = statistics.median(ours_runs)
-        best_size = min(theirs_runs, key=lambda size: statistics.median(theirs_runs[size]))
-        theirs_median = statistics.median(theirs_runs[best_size])
+        ours_median = [statistics.median(run[i] for run in ours_runs) for i in (0, 1)]
+        best_size = min(theirs_runs, key=lambda size: statistics.median(run[0] for run in theirs_runs[size]))
+        theirs_median = [statistics.median(run[i] for run in theirs_runs[best_size]) for i in (0, 1)]
         print(
-            f"  median: ours {ours_median:.2f} s ({2 * len(kb.test) / ours_median:.0f} queries/s), PyKEEN {theirs_median:.2f} s at its fastest batch size "
-            f"{best_size} ({2 * len(kb.test) / theirs_median:.0f} queries/s); PyKEEN / ours = {theirs_median / ours_median:.2f}x"
+            f"  median: ours {ours_median[0]:.2f} s ({2 * len(kb.test) / ours_median[0]:.0f} queries/s), PyKEEN {theirs_median[0]:.2f} s at its fastest batch size "
+            f"{best_size} ({2 * len(kb.test) / theirs_median[0]:.0f} queries/s); PyKEEN / ours = {theirs_median[0] / ours_median[0]:.2f}x wall, "
+            f"{theirs_median[1] / ours_median[1]:.2f}x CPU"
         )
         sys.stdout.flush()
         del worker, model

@@ -9,10 +9,12 @@ For every KB count the dataset is cut with :func:`services.split.split_dataset` 
 alignment) and the split's ``job.toml`` is submitted, with small settings, to an in-process
 coordinator over its gRPC API (:func:`services.client.embedded_coordinator`, the path of
 ``kdmkb run``). The figure is the coordinator's own round timing (``JobEvent.round_seconds``:
-every teacher's ``teach``, the routing of soft labels, every student's ``train``). Nodes are
-separate raylet processes of a ``ray.cluster_utils.Cluster`` on this machine, as in the
-integration tests; with two nodes the KBs alternate between them by a Ray resource. Round 0 is
-reported apart: it also pays the first calls into freshly started actors. The machine has 2
+every teacher's ``teach``, the routing of soft labels, every student's ``train``). The nodes are
+two raylet processes of one ``ray.cluster_utils.Cluster`` on this machine, as in the integration
+tests; a KB is placed by a Ray resource: all on the head node ("1 node"), or alternating between
+the two ("2 nodes"). The two placements of a KB count run back to back, so that load from other
+processes hits them alike. Round 0 is reported apart: it also pays the first calls into freshly
+started actors. The machine has 2
 cores, so 4 and 8 KBs share them: this measures scheduling and scaling, not speed-up.
 """
 
@@ -73,23 +75,21 @@ def prepare_splits(args: argparse.Namespace, root: Path) -> dict[int, Path]:
     return jobs
 
 
-def start_cluster(nodes: int) -> Cluster:
-    """One head node, or a head and a second node; each offers a ``kbnode:<i>`` resource."""
+def start_cluster() -> Cluster:
+    """A head node and a second node, each offering a ``kbnode:<i>`` resource to place KBs with."""
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 2 // nodes, "include_dashboard": False, "object_store_memory": STORE, "resources": {"kbnode:0": 100}},
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": STORE, "resources": {"kbnode:0": 100}},
     )
-    for node in range(1, nodes):
-        cluster.add_node(num_cpus=1, resources={f"kbnode:{node}": 100}, object_store_memory=STORE)
+    cluster.add_node(num_cpus=1, resources={"kbnode:1": 100}, object_store_memory=STORE)
     cluster.wait_for_nodes()
     return cluster
 
 
 def run_job(job_path: Path, nodes: int, address: str) -> dict:
     job_file = load_job_file(job_path)
-    if nodes > 1:
-        for index, kb in enumerate(job_file.kb):
-            kb.resource = f"kbnode:{index % nodes}"
+    for index, kb in enumerate(job_file.kb):
+        kb.resource = f"kbnode:{index % nodes}"
     rounds: list[float] = []
     with embedded_coordinator(tempfile.mkdtemp(prefix="kdmkb-bench-scaling-"), ray_address=address) as client:
         started = time.perf_counter()
@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     sys.stdout.flush()
     results = []
-    for nodes in args.nodes:
-        cluster = start_cluster(nodes)
-        try:
-            for count in args.kbs:
+    cluster = start_cluster()
+    try:
+        for count in args.kbs:
+            for nodes in args.nodes:
                 result = run_job(jobs[count], nodes, cluster.address)
                 later = result["rounds"][1:] or result["rounds"]
                 median = statistics.median(later)
@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"      rounds: {' '.join(f'{s:.2f}' for s in result['rounds'])}")
                 sys.stdout.flush()
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
     print()
     print("== median seconds per round (rounds 1..)")
     print(f"  {'KBs':>4} " + " ".join(f"{f'{n} node(s)':>10}" for n in args.nodes))

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_weights(evaluator, variant.weights())
             line = f"  {name:>16}: MRR {result['mrr']:.4f}  H@1 {result['hits_at_1']:.4f}  H@3 {result['hits_at_3']:.4f}  H@10 {result['hits_at_10']:.4f}  ({result['seconds']:.1f} s)"
             if args.pykeen_evaluator and isinstance(variant, PyKEENTransE):
-                own, seconds = pykeen_evaluate(variant.model, kb, 256)
+                own, seconds, _ = pykeen_evaluate(variant.model, kb, 256)
                 line += f" | PyKEEN's evaluator: MRR {own['mrr']:.4f}  H@10 {own['hits_at_10']:.4f} ({seconds:.1f} s)"
             print(line)
             sys.stdout.flush()
