@@ -12,6 +12,7 @@ import platform
 import shlex
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -50,3 +51,15 @@ def header(title: str, threads: str | None = None) -> None:
     print(f"software: python {platform.python_version()}, torch {torch.__version__}, faiss {faiss.__version__}")
     print(f"load average at start: {load_average()}")
     sys.stdout.flush()
+
+
+def write_between_markers(path, name: str, body: str) -> None:
+    """Replaces what lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in a Markdown file,
+    so that generated tables live inside hand-written documents."""
+    path = Path(path)
+    doc = path.read_text(encoding="utf-8")
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {begin} ... {end} markers to write the tables between")
+    head, rest = doc.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")

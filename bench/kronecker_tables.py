@@ -35,7 +35,7 @@ ties counted as the mean of the optimistic and pessimistic rank).
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch and faiss are imported)
+import _common  # first: sets OMP_WAIT_POLICY before torch and faiss are imported
 
 import argparse
 import json
@@ -232,12 +232,7 @@ def markdown(rows: list[dict]) -> str:
 
 def render(args: argparse.Namespace) -> None:
     rows = [row for path in args.inputs for row in json.loads(path.read_text(encoding="utf-8"))["rows"]]
-    doc = args.doc.read_text(encoding="utf-8")
-    begin, end = "<!-- tables:begin -->", "<!-- tables:end -->"
-    if begin not in doc or end not in doc:
-        raise SystemExit(f"{args.doc}: no {begin} ... {end} markers to write the tables between")
-    head, rest = doc.split(begin, 1)
-    args.doc.write_text(f"{head}{begin}\n{markdown(rows)}\n\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+    _common.write_between_markers(args.doc, "tables", markdown(rows) + "\n")
     print(f"{len(rows)} rows from {len(args.inputs)} files written to {args.doc}")
 
 

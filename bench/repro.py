@@ -23,7 +23,7 @@ section between ``<!-- quality:begin -->`` and ``<!-- quality:end -->`` of a Mar
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch and faiss are imported)
+import _common  # first: sets OMP_WAIT_POLICY before torch and faiss are imported
 
 import argparse
 import json
@@ -154,13 +154,8 @@ def tables(result: dict) -> str:
 
 def render(args: argparse.Namespace) -> None:
     results = [json.loads(path.read_text(encoding="utf-8")) for path in args.inputs]
-    doc = args.doc.read_text(encoding="utf-8")
-    begin, end = "<!-- quality:begin -->", "<!-- quality:end -->"
-    if begin not in doc or end not in doc:
-        raise SystemExit(f"{args.doc}: no {begin} ... {end} markers to write the tables between")
-    head, rest = doc.split(begin, 1)
     body = "\n".join(tables(result) for result in sorted(results, key=lambda r: (r["dataset"], r["worker_type"], r["kbs"])))
-    args.doc.write_text(f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+    _common.write_between_markers(args.doc, "quality", body)
     print(f"{len(results)} results written to {args.doc}")
 
 
