@@ -16,8 +16,8 @@ sweep of Figures 3-4 (e.g. ``co-occurring co-occurring+0.2 ... all``), each a se
 the same seed, so the partition is the same and only the alignment grows.
 
 It writes ``results.json`` (every KB, strategy and alignment) and ``results.md`` (the paper's
-Table 3 layout: best and worst KB per strategy, and %Chg, the cooperative best's relative gain
-over that strategy's best) into ``--out``. ``render`` gathers several ``results.json`` into the
+Table 3 layout: per metric the best and worst value over the KBs, and %Chg, the cooperative
+best's relative gain over that strategy's best) into ``--out``. ``render`` gathers several ``results.json`` into the
 section between ``<!-- quality:begin -->`` and ``<!-- quality:end -->`` of a Markdown document.
 """
 
@@ -122,9 +122,9 @@ def rename_kbs(config: JobFile, prefix: str) -> JobFile:
 
 
 def best_and_worst(run: dict) -> tuple[dict, dict]:
-    """The KBs with the highest and lowest test MRR (the paper reports both per strategy)."""
-    ordered = sorted(run["kbs"].values(), key=lambda m: m["mrr"])
-    return ordered[-1], ordered[0]
+    """Per metric, the highest and the lowest value over the run's KBs (the paper's Best and Worst columns)."""
+    values = list(run["kbs"].values())
+    return {m: max(v[m] for v in values) for m in METRICS}, {m: min(v[m] for v in values) for m in METRICS}
 
 
 def percent(value: float, metric: str) -> str:
@@ -132,7 +132,7 @@ def percent(value: float, metric: str) -> str:
 
 
 def tables(result: dict) -> str:
-    """Table 3's layout per alignment: best/worst KB per strategy and the cooperative best's %Chg over it."""
+    """Table 3's layout per alignment: best/worst value over the KBs per strategy and the cooperative best's %Chg over that best."""
     settings = ", ".join(f"{k}={v}" for k, v in result["worker_settings"].items())
     lines = [f"#### {result['dataset']}, n = {result['kbs']} ({result['worker_type']}: {settings}; seed {result['seed']})", ""]
     for align in dict.fromkeys(run["align"] for run in result["runs"]):
