@@ -81,12 +81,14 @@ def run(args: argparse.Namespace) -> None:
         for align in args.align:
             summary = None if args.kbs == 1 else split_dataset(args.dataset, Path(scratch) / f"split-{len(runs)}", kbs=args.kbs, seed=args.seed, align=align)
             config, aligned = job_file(args, summary)
+            # One set of KB workers per alignment (names unique per coordinator), reused by every
+            # strategy: a job starts from fresh models, and idle workers would hold their memory.
+            prefix = f"a{args.align.index(align)}-"
+            renamed = rename_kbs(config, prefix)
+            client.register(renamed)
             for strategy in strategies:
-                # KB names are unique per coordinator: every run registers its KBs under a fresh prefix.
-                prefix = f"r{len(runs)}-"
-                renamed = rename_kbs(config, prefix)
                 started = time.perf_counter()
-                job = client.run(client.submit(renamed, strategy).job_id)
+                job = client.run(client.create_job(renamed, strategy).job_id)
                 report = job_report(job)
                 seconds = time.perf_counter() - started
                 if report["state"] != "SUCCEEDED":

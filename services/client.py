@@ -44,6 +44,11 @@ class CoordinatorClient:
 
     def submit(self, job_file: JobFile, strategy: str | None = None) -> pb.Job:
         """Registers the job file's KBs and alignments and creates its job (not started)."""
+        self.register(job_file)
+        return self.create_job(job_file, strategy)
+
+    def register(self, job_file: JobFile) -> None:
+        """Registers the job file's KBs (one worker each) and alignments."""
         for kb in job_file.kb:
             self.stub.RegisterKB(
                 pb.RegisterKBRequest(name=kb.name, data_dir=str(kb.data), worker_type=kb.worker_type, settings=struct(kb.settings), resource=kb.resource),
@@ -56,6 +61,9 @@ class CoordinatorClient:
                 ),
                 timeout=self.timeout,
             )
+
+    def create_job(self, job_file: JobFile, strategy: str | None = None) -> pb.Job:
+        """Creates the job file's job over its already registered KBs (not started)."""
         settings = json_format.MessageToDict(struct(job_file.job.model_dump(exclude_none=True)))
         request = pb.CreateJobRequest(strategy=strategy or job_file.strategy, kbs=[kb.name for kb in job_file.kb], settings=struct(settings))
         return self.stub.CreateJob(request, timeout=self.timeout).job
