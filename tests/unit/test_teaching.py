@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kb_worker import soft_labels
+from kb_worker import soft_labels, worker as worker_module
 from kb_worker.worker import AlignmentView, KBWorker
 from kb_worker.worker_types import QueryKind
 from services.tsv import write_rows
@@ -71,3 +71,15 @@ def test_cached_candidates_persist_but_scores_are_fresh(kb_folder):
     with torch.no_grad():
         expected = worker.model.score_candidates(QueryKind.TAIL, torch.from_numpy(queries), torch.from_numpy(candidates))
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_scores_in_chunks_equal_scores_in_one_call(kb_folder, monkeypatch):
+    """The teacher scores a round in slices of TEACH_CHUNK_PAIRS pairs; the lesson must not depend on the slicing."""
+    whole = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
+    monkeypatch.setattr(worker_module, "TEACH_CHUNK_PAIRS", 7)  # several slices per block, one row per slice for relations
+    sliced = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
+    a, b = soft_labels.decode(whole).blocks, soft_labels.decode(sliced).blocks
+    assert len(a) == len(b) > 0 and {x.kind for x in a} == {QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION}
+    for x, y in zip(a, b):
+        assert x.kind == y.kind and np.array_equal(x.queries, y.queries) and np.array_equal(x.candidates, y.candidates)
+        np.testing.assert_allclose(x.scores, y.scores, rtol=1e-6, atol=1e-6)
