@@ -78,12 +78,12 @@ def run(args: argparse.Namespace) -> None:
     runs = []
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kdmkb-repro-") as scratch, embedded_coordinator(str(Path(scratch) / "state")) as client:
-        for align in args.align:
-            summary = None if args.kbs == 1 else split_dataset(args.dataset, Path(scratch) / f"split-{len(runs)}", kbs=args.kbs, seed=args.seed, align=align)
+        for number, align in enumerate(args.align):
+            summary = None if args.kbs == 1 else split_dataset(args.dataset, Path(scratch) / f"split-{number}", kbs=args.kbs, seed=args.seed, align=align)
             config, aligned = job_file(args, summary)
             # One set of KB workers per alignment (names unique per coordinator), reused by every
             # strategy: a job starts from fresh models, and idle workers would hold their memory.
-            prefix = f"a{args.align.index(align)}-"
+            prefix = f"a{number}-"
             renamed = rename_kbs(config, prefix)
             client.register(renamed)
             for strategy in strategies:
