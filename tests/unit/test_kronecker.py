@@ -148,21 +148,10 @@ def test_settings_are_strict_and_described():
 
 
 # -- the contract -----------------------------------------------------------------------------------
-def test_score_all_equals_score_candidates_in_eval_mode(name, make_kb):
+def test_score_all_equals_score_candidates_in_eval_mode(name, make_kb, score_all_contract):
     worker = trained(build(name, random_kb(make_kb)))
     worker.modules().eval()
-    queries = torch.tensor([(a, r) for a in range(NUM_ENTITIES) for r in range(NUM_RELATIONS)])
-    everyone = torch.arange(NUM_ENTITIES).expand(queries.shape[0], -1)
-    for kind, q in ((TAIL, queries), (HEAD, queries[:, [1, 0]])):
-        with torch.no_grad():
-            got = worker.score_all(kind, q)
-            expected = worker.score_candidates(kind, q, everyone)
-            one_by_one = torch.cat([worker.score_candidates(kind, q[i : i + 1], everyone[:1]) for i in range(q.shape[0])])
-        assert got.shape == (queries.shape[0], NUM_ENTITIES)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(one_by_one, expected, atol=1e-5, rtol=1e-5)  # eval mode: no batch dependence
-    with pytest.raises(ValueError):
-        worker.score_all(RELATION, queries)
+    score_all_contract(worker, NUM_ENTITIES, NUM_RELATIONS, batch_independent=True)
 
 
 def test_head_queries_are_reciprocal_tail_queries(name, make_kb):

@@ -163,19 +163,9 @@ def test_score_is_the_same_for_tail_head_and_relation_queries(case_name, make_kb
     torch.testing.assert_close(as_relation, as_tail, atol=1e-6, rtol=1e-6)
 
 
-def test_score_all_equals_score_candidates_over_all_entities(case_name, make_kb):
-    case = CASES[case_name]
-    worker = random_worker(case, make_kb(NUM_ENTITIES, NUM_RELATIONS), DIM, seed=4)
-    queries = torch.tensor([(a, r) for a in range(NUM_ENTITIES) for r in range(NUM_RELATIONS)])
-    everyone = torch.arange(NUM_ENTITIES).expand(queries.shape[0], -1)
-    for kind, q in ((TAIL, queries), (HEAD, queries[:, [1, 0]])):
-        with torch.no_grad():
-            got = worker.score_all(kind, q)
-            expected = worker.score_candidates(kind, q, everyone)
-        assert got.shape == (queries.shape[0], NUM_ENTITIES)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError):
-        worker.score_all(RELATION, queries)
+def test_score_all_equals_score_candidates_over_all_entities(case_name, make_kb, score_all_contract):
+    worker = random_worker(CASES[case_name], make_kb(NUM_ENTITIES, NUM_RELATIONS), DIM, seed=4)
+    score_all_contract(worker, NUM_ENTITIES, NUM_RELATIONS, batch_independent=False)
 
 
 def test_score_candidates_is_differentiable(case_name, make_kb):
