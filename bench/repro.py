@@ -154,9 +154,56 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def protocol(result: dict, kbs: int | None = None) -> str:
+    """What makes two results comparable: dataset, KB count, model, its settings and the job's."""
+    return json.dumps([result["dataset"], result["kbs"] if kbs is None else kbs, result["worker_type"], result["worker_settings"], result["job_settings"], result["seed"]])
+
+
+def sweep_tables(results: list[dict]) -> str:
+    """Figures 3-4 as tables: the best KB's metrics of cooperative per alignment size, beside none and n = 1.
+
+    Results of the same protocol are pooled, so a sweep run with ``--strategies cooperative`` joins
+    the co-occurring run that holds every strategy. Only protocols with two or more alignments are shown.
+    """
+    lines = []
+    for key in dict.fromkeys(protocol(result) for result in results):
+        group = [result for result in results if protocol(result) == key]
+        runs = [run for result in group for run in result["runs"]]
+        cooperative = {run["align"]: run for run in runs if run["strategy"] == "cooperative"}
+        if len(cooperative) < 2:
+            continue
+        first = group[0]
+        single = [run for result in results if protocol(result) == protocol(first, kbs=1) for run in result["runs"]]
+        references = [("n = 1, whole dataset (no alignment)", run) for run in single]
+        references += [(f"none ({run['align']})", run) for run in runs if run["strategy"] == "none"]
+        rows = references + [(f"cooperative, {align}", run) for align, run in sorted(cooperative.items(), key=lambda item: aligned_entities(item[1]))]
+        lines += [f"#### alignment sweep: {first['dataset']}, n = {first['kbs']} ({first['worker_type']}; the paper's Figure {3 if first['dataset'] == 'wn18rr' else 4})", ""]
+        lines.append("| run | aligned entities per pair | " + " | ".join(f"{h} best" for h in HEADINGS) + " | MRR worst |")
+        lines.append("|---|---|" + "---|" * (len(HEADINGS) + 1))
+        for label, run in rows:
+            best, worst = best_and_worst(run)
+            entities = aligned_entities(run)
+            lines.append(f"| {label} | {entities:,.0f} | " if entities else f"| {label} | – | ")
+            lines[-1] += " | ".join(percent(best[m], m) for m in METRICS) + f" | {percent(worst['mrr'], 'mrr')} |"
+        lines.append("")
+    return "\n".join(lines)
+
+
+def is_sweep(result: dict) -> bool:
+    return len({run["strategy"] for run in result["runs"]}) == 1 and len({run["align"] for run in result["runs"]}) > 1
+
+
+def aligned_entities(run: dict) -> float:
+    """Mean aligned entity count over the run's KB pairs (0 without alignment)."""
+    counts = [entities for entities, _ in run["aligned"].values()]
+    return sum(counts) / len(counts) if counts else 0.0
+
+
 def render(args: argparse.Namespace) -> None:
     results = [json.loads(path.read_text(encoding="utf-8")) for path in args.inputs]
-    body = "\n".join(tables(result) for result in sorted(results, key=lambda r: (r["dataset"], r["worker_type"], r["kbs"])))
+    ordered = sorted(results, key=lambda r: (r["dataset"], r["worker_type"], r["kbs"]))
+    # A single-strategy run over several alignments is a sweep: its table is the sweep's.
+    body = "\n".join(tables(result) for result in ordered if not is_sweep(result)) + "\n" + sweep_tables(ordered)
     _common.write_between_markers(args.doc, "quality", body)
     print(f"{len(results)} results written to {args.doc}")
 
