@@ -77,7 +77,7 @@ def test_soft_labels_carry_aligned_ids_only(partial):
         kinds.add(block.kind)
         first, second = columns[block.kind]
         candidates = relations if block.kind == QueryKind.RELATION else entities
-        assert block.queries.shape[0] > 0 and block.queries.dtype == np.int64
+        assert block.queries.shape[0] > 0 and block.queries.dtype == np.int32  # alignment ids that fit travel as int32
         assert set(block.queries[:, 0].tolist()) <= first, block.kind
         assert set(block.queries[:, 1].tolist()) <= second, block.kind
         assert set(block.candidates.ravel().tolist()) <= candidates, block.kind
