@@ -57,7 +57,7 @@ from kb_worker.worker_types.base import QueryKind
 from services.split import split_dataset
 
 ENTITY_KINDS = (QueryKind.TAIL, QueryKind.HEAD)
-FULL_BYTES_PER_CANDIDATE = 4 + 8  # float32 score + int64 candidate id, as in a top-k lesson
+FULL_BYTES_PER_CANDIDATE = 4  # float32 score; a full distribution needs no ids (a position in the aligned list is the id)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
