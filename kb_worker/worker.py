@@ -239,9 +239,9 @@ class KBWorker:
                 random = pool[torch.randint(pool.numel(), (queries.shape[0], k))]
                 candidates = torch.cat([top, random], dim=1)
             per_call = max(1, TEACH_CHUNK_PAIRS // candidates.shape[1])
-            scores = torch.cat(
-                [model.score_candidates(kind, queries[i : i + per_call], candidates[i : i + per_call]) for i in range(0, len(queries), per_call)]
-            )
+            scores = torch.empty(candidates.shape)  # one result, filled slice by slice (see all_pairs_scores)
+            for i in range(0, len(queries), per_call):
+                scores[i : i + per_call] = model.score_candidates(kind, queries[i : i + per_call], candidates[i : i + per_call])
             scores = scores.numpy().astype(score_dtype)
             candidate_ids = (self._relation_aid if kind == QueryKind.RELATION else self._entity_aid)[candidates.numpy()]
             query_ids = np.stack([first_ids[queries[:, 0].numpy()], second_ids[queries[:, 1].numpy()]], axis=1)
