@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
                     raise SystemExit(f"{strategy} ({align}) ended {report['state']}: {job.error}")
                 kbs = {name.removeprefix(prefix): metrics for name, metrics in report["kbs"].items()}
                 runs.append({"strategy": strategy, "align": align if args.kbs > 1 else "-", "aligned": aligned, "seconds": round(seconds, 1), "kbs": kbs})
-                print(f"{strategy:12s} align={align:22s} {seconds:7.1f} s  " + "  ".join(f"{kb}: MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f}" for kb, m in kbs.items()))
+                print(f"{strategy:12s} align={runs[-1]['align']:22s} {seconds:7.1f} s  " + "  ".join(f"{kb}: MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f}" for kb, m in kbs.items()))
                 sys.stdout.flush()
     result = {
         "dataset": args.dataset.name,
