@@ -135,9 +135,11 @@ def percent(value: float, metric: str) -> str:
 
 def tables(result: dict) -> str:
     """Table 3's layout per alignment: best/worst value over the KBs per strategy and the cooperative best's %Chg over that best."""
-    settings = ", ".join(f"{k}={v}" for k, v in result["worker_settings"].items())
-    lines = [f"#### {result['dataset']}, n = {result['kbs']} ({result['worker_type']}: {settings}; seed {result['seed']})", ""]
-    for align in dict.fromkeys(run["align"] for run in result["runs"]):
+    aligns = [align for align in dict.fromkeys(run["align"] for run in result["runs"]) if result["kbs"] == 1 or len(strategies_at(result, align)) > 1]
+    if not aligns:
+        return ""  # a sweep of one strategy: sweep_tables shows it
+    lines = [heading(result), ""]
+    for align in aligns:
         runs = [run for run in result["runs"] if run["align"] == align]
         cooperative = next((best_and_worst(run)[0] for run in runs if run["strategy"] == "cooperative"), None)
         lines += [f"alignment: {align}" + (f" ({', '.join(f'{pair}: {e} entities, {r} relations' for pair, (e, r) in runs[0]['aligned'].items())})" if runs[0]["aligned"] else ""), ""]
@@ -154,30 +156,55 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def heading(result: dict) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in result["worker_settings"].items())
+    job = result["job_settings"]
+    steps = job["rounds"] * job["steps_per_round"]
+    return f"#### {result['dataset']}, n = {result['kbs']}, {steps:,} steps per KB ({result['worker_type']}: {settings}; seed {result['seed']})"
+
+
+def strategies_at(result: dict, align: str) -> list[str]:
+    return [run["strategy"] for run in result["runs"] if run["align"] == align]
+
+
 def protocol(result: dict, kbs: int | None = None) -> str:
     """What makes two results comparable: dataset, KB count, model, its settings and the job's."""
     return json.dumps([result["dataset"], result["kbs"] if kbs is None else kbs, result["worker_type"], result["worker_settings"], result["job_settings"], result["seed"]])
 
 
+def pooled(results: list[dict]) -> list[dict]:
+    """One result per protocol, its runs gathered from every file (e.g. a sweep run beside the
+    strategies' run, or strategies run in two sessions) and ordered by alignment, then strategy."""
+    groups: dict[str, dict] = {}
+    for result in results:
+        key = protocol(result)
+        if key in groups:
+            groups[key]["runs"] = groups[key]["runs"] + result["runs"]
+        else:
+            groups[key] = {**result}
+    for result in groups.values():
+        aligns = list(dict.fromkeys(run["align"] for run in result["runs"]))
+        result["runs"] = sorted(result["runs"], key=lambda run: (aligns.index(run["align"]), STRATEGIES.index(run["strategy"])))
+    return sorted(groups.values(), key=lambda r: (r["dataset"], r["worker_type"], r["kbs"], r["job_settings"]["rounds"] * r["job_settings"]["steps_per_round"]))
+
+
 def sweep_tables(results: list[dict]) -> str:
     """Figures 3-4 as tables: the best KB's metrics of cooperative per alignment size, beside none and n = 1.
 
-    Results of the same protocol are pooled, so a sweep run with ``--strategies cooperative`` joins
-    the co-occurring run that holds every strategy. Only protocols with two or more alignments are shown.
+    ``results`` are pooled (one per protocol); only protocols with two or more alignments are shown.
     """
     lines = []
-    for key in dict.fromkeys(protocol(result) for result in results):
-        group = [result for result in results if protocol(result) == key]
-        runs = [run for result in group for run in result["runs"]]
+    for result in results:
+        runs = result["runs"]
         cooperative = {run["align"]: run for run in runs if run["strategy"] == "cooperative"}
         if len(cooperative) < 2:
             continue
-        first = group[0]
-        single = [run for result in results if protocol(result) == protocol(first, kbs=1) for run in result["runs"]]
+        single = [run for other in results if protocol(other) == protocol(result, kbs=1) for run in other["runs"]]
         references = [("n = 1, whole dataset (no alignment)", run) for run in single]
         references += [(f"none ({run['align']})", run) for run in runs if run["strategy"] == "none"]
         rows = references + [(f"cooperative, {align}", run) for align, run in sorted(cooperative.items(), key=lambda item: aligned_entities(item[1]))]
-        lines += [f"#### alignment sweep: {first['dataset']}, n = {first['kbs']} ({first['worker_type']}; the paper's Figure {3 if first['dataset'] == 'wn18rr' else 4})", ""]
+        figure = 3 if result["dataset"] == "wn18rr" else 4
+        lines += [f"{heading(result).replace('#### ', '#### alignment sweep: ', 1)} (the paper's Figure {figure})", ""]
         lines.append("| run | aligned entities per pair | " + " | ".join(f"{h} best" for h in HEADINGS) + " | MRR worst |")
         lines.append("|---|---|" + "---|" * (len(HEADINGS) + 1))
         for label, run in rows:
@@ -189,10 +216,6 @@ def sweep_tables(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def is_sweep(result: dict) -> bool:
-    return len({run["strategy"] for run in result["runs"]}) == 1 and len({run["align"] for run in result["runs"]}) > 1
-
-
 def aligned_entities(run: dict) -> float:
     """Mean aligned entity count over the run's KB pairs (0 without alignment)."""
     counts = [entities for entities, _ in run["aligned"].values()]
@@ -200,12 +223,10 @@ def aligned_entities(run: dict) -> float:
 
 
 def render(args: argparse.Namespace) -> None:
-    results = [json.loads(path.read_text(encoding="utf-8")) for path in args.inputs]
-    ordered = sorted(results, key=lambda r: (r["dataset"], r["worker_type"], r["kbs"]))
-    # A single-strategy run over several alignments is a sweep: its table is the sweep's.
-    body = "\n".join(tables(result) for result in ordered if not is_sweep(result)) + "\n" + sweep_tables(ordered)
+    results = pooled([json.loads(path.read_text(encoding="utf-8")) for path in args.inputs])
+    body = "\n".join(table for table in map(tables, results) if table) + "\n" + sweep_tables(results)
     _common.write_between_markers(args.doc, "quality", body)
-    print(f"{len(results)} results written to {args.doc}")
+    print(f"{len(args.inputs)} result files, {len(results)} protocols written to {args.doc}")
 
 
 def main(argv: list[str] | None = None) -> None:
