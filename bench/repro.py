@@ -135,12 +135,14 @@ def percent(value: float, metric: str) -> str:
 
 def tables(result: dict) -> str:
     """Table 3's layout per alignment: best/worst value over the KBs per strategy and the cooperative best's %Chg over that best."""
-    aligns = [align for align in dict.fromkeys(run["align"] for run in result["runs"]) if result["kbs"] == 1 or len(strategies_at(result, align)) > 1]
-    if not aligns:
+    by_align: dict[str, list[dict]] = {}
+    for run in result["runs"]:
+        by_align.setdefault(run["align"], []).append(run)
+    compared = {align: runs for align, runs in by_align.items() if result["kbs"] == 1 or len(runs) > 1}
+    if not compared:
         return ""  # a sweep of one strategy: sweep_tables shows it
     lines = [heading(result), ""]
-    for align in aligns:
-        runs = [run for run in result["runs"] if run["align"] == align]
+    for align, runs in compared.items():
         cooperative = next((best_and_worst(run)[0] for run in runs if run["strategy"] == "cooperative"), None)
         lines += [f"alignment: {align}" + (f" ({', '.join(f'{pair}: {e} entities, {r} relations' for pair, (e, r) in runs[0]['aligned'].items())})" if runs[0]["aligned"] else ""), ""]
         lines.append("| strategy | " + " | ".join(f"{h} best | {h} worst | {h} %Chg" for h in HEADINGS) + " | wall s |")
@@ -156,15 +158,11 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def heading(result: dict) -> str:
+def heading(result: dict, title: str = "") -> str:
     settings = ", ".join(f"{k}={v}" for k, v in result["worker_settings"].items())
     job = result["job_settings"]
     steps = job["rounds"] * job["steps_per_round"]
-    return f"#### {result['dataset']}, n = {result['kbs']}, {steps:,} steps per KB ({result['worker_type']}: {settings}; seed {result['seed']})"
-
-
-def strategies_at(result: dict, align: str) -> list[str]:
-    return [run["strategy"] for run in result["runs"] if run["align"] == align]
+    return f"#### {title}{result['dataset']}, n = {result['kbs']}, {steps:,} steps per KB ({result['worker_type']}: {settings}; seed {result['seed']})"
 
 
 def protocol(result: dict, kbs: int | None = None) -> str:
@@ -204,7 +202,7 @@ def sweep_tables(results: list[dict]) -> str:
         references += [(f"none ({run['align']})", run) for run in runs if run["strategy"] == "none"]
         rows = references + [(f"cooperative, {align}", run) for align, run in sorted(cooperative.items(), key=lambda item: aligned_entities(item[1]))]
         figure = 3 if result["dataset"] == "wn18rr" else 4
-        lines += [f"{heading(result).replace('#### ', '#### alignment sweep: ', 1)} (the paper's Figure {figure})", ""]
+        lines += [f"{heading(result, 'alignment sweep: ')} (the paper's Figure {figure})", ""]
         lines.append("| run | aligned entities per pair | " + " | ".join(f"{h} best" for h in HEADINGS) + " | MRR worst |")
         lines.append("|---|---|" + "---|" * (len(HEADINGS) + 1))
         for label, run in rows:
