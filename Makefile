@@ -36,7 +36,7 @@ test: install tools
 	scripts/loopback-only $(BIN)/python -m pytest -q
 
 protos: install
-	$(BIN)/python -m protos.generate
+	$(BIN)/python -m kdmkb.protos.generate
 
 # The compose cluster end to end (tests/e2e): as root it installs Docker from Debian's packages,
 # builds the images offline and runs the test outside the loopback-only namespace, since the

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from kb_worker.worker import KBWorker
+from kdmkb.kb_worker.worker import KBWorker
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from kb_worker.worker import KBWorker
+from kdmkb.kb_worker.worker import KBWorker
 
 METRICS = (("mrr", "inverse_harmonic_mean_rank"), ("hits_at_1", "hits_at_1"), ("hits_at_3", "hits_at_3"), ("hits_at_10", "hits_at_10"))
 

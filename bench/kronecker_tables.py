@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kb_worker.data import load_kb
-from kb_worker.worker import KBWorker
+from kdmkb.kb_worker.data import load_kb
+from kdmkb.kb_worker.worker import KBWorker
 
 MODELS = ("reciprocal-distmult", "kd-rel-distmult", "kd-distmult")
 METRICS = ("mrr", "hits_at_1", "hits_at_3", "hits_at_10")

@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 
-from kb_worker.worker import KBWorker
+from kdmkb.kb_worker.worker import KBWorker
 from step_cost import prepare_split
 
 

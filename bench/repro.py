@@ -32,9 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.client import embedded_coordinator, job_report
-from services.config import JobFile
-from services.split import SplitSummary, job_file_dict, split_dataset
+from kdmkb.services.client import embedded_coordinator, job_report
+from kdmkb.services.config import JobFile
+from kdmkb.services.split import SplitSummary, job_file_dict, split_dataset
 
 STRATEGIES = ("none", "one-way", "sequential", "cooperative")
 METRICS = ("hits@1", "hits@3", "hits@10", "mrr")  # job_report keys

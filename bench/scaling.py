@@ -31,16 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.ray_runtime import WORKER_ENV
+from kdmkb.services.ray_runtime import WORKER_ENV
 
 os.environ.update(WORKER_ENV)  # the raylets started below pass it on to the KB workers
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from services.client import embedded_coordinator, state_name  # noqa: E402
-from services.config import load_job_file  # noqa: E402
-from services.split import split_dataset, write_job_file  # noqa: E402
+from kdmkb.services.client import embedded_coordinator, state_name  # noqa: E402
+from kdmkb.services.config import load_job_file  # noqa: E402
+from kdmkb.services.split import split_dataset, write_job_file  # noqa: E402
 
 STORE = 256 * 2**20
 

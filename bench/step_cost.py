@@ -50,11 +50,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from coordinator.alignment import build_pair, merge
-from kb_worker import soft_labels
-from kb_worker.worker import KBWorker
-from kb_worker.worker_types.base import QueryKind
-from services.split import split_dataset
+from kdmkb.coordinator.alignment import build_pair, merge
+from kdmkb.kb_worker import soft_labels
+from kdmkb.kb_worker.worker import KBWorker
+from kdmkb.kb_worker.worker_types.base import QueryKind
+from kdmkb.services.split import split_dataset
 
 ENTITY_KINDS = (QueryKind.TAIL, QueryKind.HEAD)
 FULL_BYTES_PER_CANDIDATE = 4  # float32 score; a full distribution needs no ids (a position in the aligned list is the id)

@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 
 from eval_vs_pykeen import pykeen_evaluate
-from kb_worker.data import contains_sorted
-from kb_worker.worker import KBWorker
+from kdmkb.kb_worker.data import contains_sorted
+from kdmkb.kb_worker.worker import KBWorker
 
 VARIANTS = ("ours", "bare", "bare-unfiltered", "bare-fused-adam", "pykeen", "pykeen-filtered")
 

@@ -6,9 +6,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb_worker.worker import AlignmentView
-from services.errors import DataError
-from services.tsv import read_rows
+from kdmkb.kb_worker.worker import AlignmentView
+from kdmkb.services.errors import DataError
+from kdmkb.services.tsv import read_rows
 
 KINDS = ("entity", "relation")
 

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 
 import ray
 
-from coordinator.strategies import make_strategy
-from kb_worker.worker import AlignmentView
-from services import metrics
-from services.config import JobSettings
-from services.ray_runtime import unwrap
+from kdmkb.coordinator.strategies import make_strategy
+from kdmkb.kb_worker.worker import AlignmentView
+from kdmkb.services import metrics
+from kdmkb.services.config import JobSettings
+from kdmkb.services.ray_runtime import unwrap
 
 log = logging.getLogger(__name__)
 

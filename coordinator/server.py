@@ -8,10 +8,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.servicer import CoordinatorServicer
-from coordinator.service import Coordinator
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from kdmkb.coordinator.servicer import CoordinatorServicer
+from kdmkb.coordinator.service import Coordinator
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import ray
 
-from coordinator.alignment import PairAlignment, build_pair, merge
-from coordinator.jobs import STATES, TERMINAL, Job, JobEvent, JobRunner
-from coordinator.store import Store
-from coordinator.strategies import STRATEGIES, make_strategy
-from kb_worker.actor import spawn_worker
-from kb_worker.worker_types import WORKER_TYPES
-from services import metrics
-from services.config import KB_NAME_PATTERN, JobSettings, validate
-from services.errors import ConfigError, DataError, KdmkbError, NotFoundError, PreconditionError
-from services.ray_runtime import ensure_ray, unwrap
+from kdmkb.coordinator.alignment import PairAlignment, build_pair, merge
+from kdmkb.coordinator.jobs import STATES, TERMINAL, Job, JobEvent, JobRunner
+from kdmkb.coordinator.store import Store
+from kdmkb.coordinator.strategies import STRATEGIES, make_strategy
+from kdmkb.kb_worker.actor import spawn_worker
+from kdmkb.kb_worker.worker_types import WORKER_TYPES
+from kdmkb.services import metrics
+from kdmkb.services.config import KB_NAME_PATTERN, JobSettings, validate
+from kdmkb.services.errors import ConfigError, DataError, KdmkbError, NotFoundError, PreconditionError
+from kdmkb.services.ray_runtime import ensure_ray, unwrap
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import grpc
 import numpy as np
 from google.protobuf import json_format, struct_pb2
 
-from coordinator.jobs import Job, JobEvent
-from coordinator.service import Coordinator
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
-from services import metrics
-from services.errors import ConfigError, DataError, NotFoundError, PreconditionError
+from kdmkb.coordinator.jobs import Job, JobEvent
+from kdmkb.coordinator.service import Coordinator
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from kdmkb.services import metrics
+from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from services.config import JobSettings
-from services.errors import ConfigError
-from services.registry import Registry
+from kdmkb.services.config import JobSettings
+from kdmkb.services.errors import ConfigError
+from kdmkb.services.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import uuid
 
 import ray
 
-from kb_worker.worker import KBWorker
-from services.metrics import advertised_host, serve_metrics
+from kdmkb.kb_worker.worker import KBWorker
+from kdmkb.services.metrics import advertised_host, serve_metrics
 
 
 class KBWorkerActor(KBWorker):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.errors import DataError
-from services.tsv import find_file, read_rows
+from kdmkb.services.errors import DataError
+from kdmkb.services.tsv import find_file, read_rows
 
 SPLITS = ("train", "valid", "test")
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from kb_worker.worker_types.base import QueryKind
+from kdmkb.kb_worker.worker_types.base import QueryKind
 
 HITS_AT = (1, 3, 10)
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protos.kdmkb.exchange.v1 import soft_labels_pb2 as pb
-from kb_worker.worker_types.base import QueryKind
+from kdmkb.protos.kdmkb.exchange.v1 import soft_labels_pb2 as pb
+from kdmkb.kb_worker.worker_types.base import QueryKind
 
 _DTYPES = {
     pb.Tensor.DTYPE_INT32: np.dtype("<i4"),

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kb_worker import soft_labels
-from kb_worker.data import KnowledgeBase, load_kb
-from kb_worker.losses import distillation_kl
-from kb_worker.ranking import KnownAnswers, RankingMetrics, evaluate_ranking
-from kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
-from services import metrics
-from services.config import DistillSettings
-from services.errors import DataError, NotFoundError, PreconditionError
+from kdmkb.kb_worker import soft_labels
+from kdmkb.kb_worker.data import KnowledgeBase, load_kb
+from kdmkb.kb_worker.losses import distillation_kl
+from kdmkb.kb_worker.ranking import KnownAnswers, RankingMetrics, evaluate_ranking
+from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
+from kdmkb.services import metrics
+from kdmkb.services.config import DistillSettings
+from kdmkb.services.errors import DataError, NotFoundError, PreconditionError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

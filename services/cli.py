@@ -17,7 +17,7 @@ import grpc
 import typer
 from tqdm import tqdm
 
-from services.errors import KdmkbError
+from kdmkb.services.errors import KdmkbError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge-base embeddings that teach each other (KD-MKB) — one Ray actor per KB, a gRPC coordinator.")
 
@@ -64,7 +64,7 @@ def _progress_printer(total: int, label: str):
 
 
 def _run_job(client, job_file, strategy: str | None, label: str):
-    from services.client import job_report, state_name
+    from kdmkb.services.client import job_report, state_name
 
     job = client.submit(job_file, strategy)
     bar, on_event = _progress_printer(job.total_rounds, label)
@@ -109,7 +109,7 @@ def split(
     align: Annotated[str, typer.Option("--align", help="Entity alignment: co-occurring, all, a fraction in (0,1] of the co-occurring entities, or co-occurring+F (those and F of the others).")] = "co-occurring",
 ) -> None:
     """Cut a dataset into KBs as the KD-MKB paper does, with their alignments and a job.toml."""
-    from services.split import split_dataset, write_job_file
+    from kdmkb.services.split import split_dataset, write_job_file
 
     summary = split_dataset(dataset_dir, out, kbs=kbs, seed=seed, align=align)
     write_job_file(summary)
@@ -129,8 +129,8 @@ def run(
     report: ReportOption = None,
 ) -> None:
     """Run a job file on an embedded coordinator (default) or a running one."""
-    from services.client import CoordinatorClient, embedded_coordinator
-    from services.config import load_job_file
+    from kdmkb.services.client import CoordinatorClient, embedded_coordinator
+    from kdmkb.services.config import load_job_file
 
     _quiet_logs()
     job_file = load_job_file(config)
@@ -155,10 +155,10 @@ def demo(
     report: ReportOption = None,
 ) -> None:
     """Split a packaged dataset into KBs and compare training alone with cooperative distillation."""
-    from services.client import embedded_coordinator
-    from services.datasets import dataset_dir
-    from services.demo import demo_job_file
-    from services.split import split_dataset
+    from kdmkb.services.client import embedded_coordinator
+    from kdmkb.services.datasets import dataset_dir
+    from kdmkb.services.demo import demo_job_file
+    from kdmkb.services.split import split_dataset
 
     _quiet_logs()
     with tempfile.TemporaryDirectory(prefix="kdmkb-demo-") as work:
@@ -184,9 +184,9 @@ def serve(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of the coordinator's /metrics (0: any free port).")] = 9400,
 ) -> None:
     """Run the coordinator until interrupted."""
-    from coordinator.server import start_server
-    from coordinator.service import Coordinator
-    from services.metrics import serve_metrics
+    from kdmkb.coordinator.server import start_server
+    from kdmkb.coordinator.service import Coordinator
+    from kdmkb.services.metrics import serve_metrics
 
     logging.basicConfig(level=os.environ.get("KDMKB_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     coordinator = Coordinator(data_dir, ray_address)
@@ -205,8 +205,8 @@ def serve(
 @guarded
 def status(job_id: Annotated[Optional[str], typer.Argument(help="A job id; default: list every job.")] = None, coordinator: RemoteCoordinatorOption = "127.0.0.1:50051") -> None:
     """Show jobs and their progress."""
-    from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-    from services.client import CoordinatorClient, job_report, state_name
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+    from kdmkb.services.client import CoordinatorClient, job_report, state_name
 
     client = CoordinatorClient(coordinator)
     jobs = [client.stub.GetJob(pb.GetJobRequest(job_id=job_id)).job] if job_id else list(client.stub.ListJobs(pb.ListJobsRequest()).jobs)
@@ -227,8 +227,8 @@ def predict(
     coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
 ) -> None:
     """Top-k tails for (HEAD, RELATION) in a KB."""
-    from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-    from services.client import CoordinatorClient
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+    from kdmkb.services.client import CoordinatorClient
 
     client = CoordinatorClient(coordinator)
     response = client.stub.Predict(pb.PredictRequest(kb=kb, head=head, relation=relation, k=k))
@@ -241,7 +241,7 @@ def predict(
 @guarded
 def export(kb: str, out: Annotated[Path, typer.Option("--out", help="Output .npz file.")], coordinator: RemoteCoordinatorOption = "127.0.0.1:50051") -> None:
     """Export a KB's embeddings with their names to an .npz file."""
-    from services.client import CoordinatorClient
+    from kdmkb.services.client import CoordinatorClient
 
     client = CoordinatorClient(coordinator)
     counts = client.export(kb, out)
@@ -266,7 +266,7 @@ def cluster_up(
     scrape_interval: Annotated[str, typer.Option("--scrape-interval", help="Prometheus scrape and rule evaluation interval.")] = "5s",
 ) -> None:
     """Start the local cluster on 127.0.0.1 and return once every part is ready."""
-    from services.cluster import cluster_up as up
+    from kdmkb.services.cluster import cluster_up as up
 
     state = up(state_dir, [name.strip() for name in kbs.split(",") if name.strip()], ray_port, coordinator_port, metrics_port, prometheus_port, scrape_interval)
     typer.echo(f"ray:         {state['ray_address']}  (nodes: head, {', '.join(f'{kb} with {r}' for kb, r in state['resources'].items())})")
@@ -279,7 +279,7 @@ def cluster_up(
 @guarded
 def cluster_down(state_dir: StateDirOption = Path(".kdmkb-cluster")) -> None:
     """Stop every process `kdmkb cluster up` started there."""
-    from services.cluster import cluster_down as down
+    from kdmkb.services.cluster import cluster_down as down
 
     survivors = down(state_dir)
     if survivors:

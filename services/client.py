@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 from google.protobuf import json_format, struct_pb2
 
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
-from services.config import JobFile
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from kdmkb.services.config import JobFile
 
 TERMINAL_STATES = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_STOPPED}
 REPORT_KEYS = (("mrr", "mrr"), ("mr", "mr"), ("hits@1", "hits_at_1"), ("hits@3", "hits_at_3"), ("hits@10", "hits_at_10"))
@@ -107,8 +107,8 @@ def job_report(job: pb.Job) -> dict:
 @contextmanager
 def embedded_coordinator(data_dir: str | None = None, ray_address: str | None = None):
     """A local Ray (or the cluster at ``ray_address``) and an in-process coordinator, reached over its own gRPC API on 127.0.0.1."""
-    from coordinator.server import start_server
-    from coordinator.service import Coordinator
+    from kdmkb.coordinator.server import start_server
+    from kdmkb.coordinator.service import Coordinator
 
     coordinator = Coordinator(data_dir, ray_address=ray_address)
     server, port = start_server(coordinator, "127.0.0.1:0")

@@ -21,10 +21,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from services.config import KB_NAME_PATTERN
-from services.errors import ConfigError, PreconditionError
-from services.prometheus import ALERT_RULES, prometheus_config, prometheus_tool
-from services.ray_runtime import WORKER_ENV
+from kdmkb.services.config import KB_NAME_PATTERN
+from kdmkb.services.errors import ConfigError, PreconditionError
+from kdmkb.services.prometheus import ALERT_RULES, prometheus_config, prometheus_tool
+from kdmkb.services.ray_runtime import WORKER_ENV
 
 HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
@@ -194,7 +194,7 @@ def _start_ray_nodes(launcher: _Launcher, ray: str, object_store_mb: int, timeou
 def _start_coordinator(launcher: _Launcher, timeout: float) -> None:
     state = launcher.state
     command = [
-        sys.executable, "-m", "services.cli", "serve",
+        sys.executable, "-m", "kdmkb", "serve",
         "--address", state["coordinator"],
         "--data-dir", state["data_dir"],
         "--ray-address", state["ray_address"],

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.errors import ConfigError
+from kdmkb.services.errors import ConfigError
 
 
 # A KB name is used in file names, metric labels and Ray actor names.

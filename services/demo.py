@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.config import JobFile
-from services.split import SplitSummary, job_file_dict
+from kdmkb.services.config import JobFile
+from kdmkb.services.split import SplitSummary, job_file_dict
 
 DEMO_WORKER_SETTINGS = {"dim": 100, "learning_rate": 5e-3, "negatives": 32, "batch_size": 128}
 DEMO_JOB_SETTINGS = {"rounds": 20, "steps_per_round": 10, "alpha": 0.5, "top_k": 10, "temperature": 2.0, "eval_every": 0, "checkpoint_every": 0}

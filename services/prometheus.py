@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from services.errors import ConfigError
+from kdmkb.services.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 # `make tools` unpacks Debian's prometheus package here.

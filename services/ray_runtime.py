@@ -6,7 +6,7 @@ import os
 
 import ray
 
-from services.errors import KdmkbError
+from kdmkb.services.errors import KdmkbError
 
 # Busy-waiting OpenMP threads of torch and faiss slow each other down on two cores. glibc hands
 # freed blocks above its mmap threshold back to the kernel, so every training step page-faults its

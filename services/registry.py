@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from services.errors import ConfigError
+from kdmkb.services.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from kb_worker.data import KnowledgeBase, load_kb
-from services.config import KB_NAME_PATTERN
-from services.errors import ConfigError
-from services.tsv import write_rows
+from kdmkb.kb_worker.data import KnowledgeBase, load_kb
+from kdmkb.services.config import KB_NAME_PATTERN
+from kdmkb.services.errors import ConfigError
+from kdmkb.services.tsv import write_rows
 
 ALIGN_CHOICES = (
     '"co-occurring", "all", a fraction in (0, 1] of the co-occurring entities such as "0.5", '

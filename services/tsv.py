@@ -6,7 +6,7 @@ import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
-from services.errors import DataError
+from kdmkb.services.errors import DataError
 
 
 def open_text(path: Path):

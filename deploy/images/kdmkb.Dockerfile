@@ -30,6 +30,7 @@ COPY kb_worker /opt/kdmkb/kb_worker
 COPY coordinator /opt/kdmkb/coordinator
 COPY services /opt/kdmkb/services
 COPY protos /opt/kdmkb/protos
+COPY kdmkb /opt/kdmkb/kdmkb
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /opt/kdmkb && rm -rf /opt/kdmkb
 USER kdmkb
 WORKDIR /home/kdmkb

@@ -1,7 +1,7 @@
 """Worker types by name: importing this package registers every built-in type."""
 
-from kb_worker.worker_types import structural  # noqa: F401  (registers transe, distmult, complex, rotate)
-from kb_worker.worker_types import kronecker  # noqa: F401  (registers kd-rel-distmult, kd-distmult, reciprocal-distmult)
-from kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
+from kdmkb.kb_worker.worker_types import structural  # noqa: F401  (registers transe, distmult, complex, rotate)
+from kdmkb.kb_worker.worker_types import kronecker  # noqa: F401  (registers kd-rel-distmult, kd-distmult, reciprocal-distmult)
+from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 
 __all__ = ["WORKER_TYPES", "QueryKind", "WorkerSettings", "WorkerType"]

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from kb_worker.data import KnowledgeBase
-from services.registry import Registry
+from kdmkb.kb_worker.data import KnowledgeBase
+from kdmkb.services.registry import Registry
 
 
 class QueryKind(IntEnum):

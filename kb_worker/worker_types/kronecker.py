@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from kb_worker.candidates import PoolIndex
-from kb_worker.data import KnowledgeBase, contains_sorted
-from kb_worker.losses import logistic_loss, self_adversarial_loss
-from kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
+from kdmkb.kb_worker.candidates import PoolIndex
+from kdmkb.kb_worker.data import KnowledgeBase, contains_sorted
+from kdmkb.kb_worker.losses import logistic_loss, self_adversarial_loss
+from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 
 
 class ReciprocalSettings(WorkerSettings):

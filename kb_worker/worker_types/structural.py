@@ -15,11 +15,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from kb_worker.candidates import PoolIndex
-from kb_worker.data import KnowledgeBase, contains_sorted
-from kb_worker.losses import logistic_loss, self_adversarial_loss
-from kb_worker.scoring import all_pairs_scores, matched_scores
-from kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
+from kdmkb.kb_worker.candidates import PoolIndex
+from kdmkb.kb_worker.data import KnowledgeBase, contains_sorted
+from kdmkb.kb_worker.losses import logistic_loss, self_adversarial_loss
+from kdmkb.kb_worker.scoring import all_pairs_scores, matched_scores
+from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 
 # The faiss metric each score metric retrieves with. faiss has no BLAS path for L1 (measured:
 # 2.6 s for 5,120 queries over 26k x 200 keys, against 0.2 s for L2), and no metric for RotatE's

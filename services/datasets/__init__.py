@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.errors import ConfigError
+from kdmkb.services.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent
 NAMES = ("umls", "kinship", "nations")

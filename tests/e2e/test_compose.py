@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from services.client import CoordinatorClient, state_name
-from services.cluster import free_port
-from services.config import JobSettings, load_job_file
-from services.datasets import dataset_dir
-from services.metrics import WORKER_STEPS
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.services.client import CoordinatorClient, state_name
+from kdmkb.services.cluster import free_port
+from kdmkb.services.config import JobSettings, load_job_file
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.metrics import WORKER_STEPS
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = ("kdmkb:latest", "kdmkb-prometheus:latest")

@@ -17,11 +17,11 @@ import grpc
 import pytest
 import ray
 
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
-from services.client import struct
-from services.datasets import dataset_dir
-from services.split import SplitSummary, split_dataset
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from kdmkb.services.client import struct
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.split import SplitSummary, split_dataset
 
 RPC_TIMEOUT = 120.0
 
@@ -77,7 +77,7 @@ def kb_names() -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def ray_session():
     """The one Ray of the test session (local, loopback only, no dashboard)."""
-    from services.ray_runtime import ensure_ray
+    from kdmkb.services.ray_runtime import ensure_ray
 
     ensure_ray()
     yield
@@ -110,7 +110,7 @@ def alignment_files(nations_split) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def coordinator(ray_session):
     """An in-memory coordinator (no data directory) shared by every module."""
-    from coordinator.service import Coordinator
+    from kdmkb.coordinator.service import Coordinator
 
     coordinator = Coordinator()
     yield coordinator
@@ -119,7 +119,7 @@ def coordinator(ray_session):
 
 @pytest.fixture(scope="session")
 def grpc_address(coordinator) -> str:
-    from coordinator.server import start_server
+    from kdmkb.coordinator.server import start_server
 
     server, port = start_server(coordinator, "127.0.0.1:0")
     yield f"127.0.0.1:{port}"

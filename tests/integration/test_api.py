@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 
 TIMEOUT = 120.0
 SERVICE = "kdmkb.coordinator.v1.Coordinator"
@@ -35,7 +35,7 @@ def test_register_kbs_reports_their_sizes(stub, registered, nations_split, kb_na
 
 
 def test_register_kb_is_idempotent(stub, registered, nations_split, kb_names, worker_settings):
-    from services.client import struct
+    from kdmkb.services.client import struct
 
     name = kb_names[0]
     again = stub.RegisterKB(
@@ -236,7 +236,7 @@ def test_watch_ends_with_the_terminal_event_even_for_a_slow_consumer(coordinator
 
 def test_concurrent_clients_are_served_during_a_job(stub, registered, kb_names, job_settings, grpc_address):
     """The server answers other RPCs (and a second watcher) while a job runs and is watched."""
-    from services.client import struct
+    from kdmkb.services.client import struct
 
     job = stub.CreateJob(pb.CreateJobRequest(strategy="cooperative", kbs=list(kb_names), settings=struct({**job_settings, "rounds": 4})), timeout=TIMEOUT).job
     assert job.state == pb.JOB_STATE_CREATED and job.round == 0 and job.total_rounds == 4
@@ -260,7 +260,7 @@ def test_concurrent_clients_are_served_during_a_job(stub, registered, kb_names, 
 
 def test_a_running_job_keeps_its_kbs_and_can_be_stopped(stub, registered, kb_names, nations_split, worker_settings, job_settings):
     """While a job runs its KBs are busy (no other job, no re-registration); StopJob ends it as STOPPED."""
-    from services.client import struct
+    from kdmkb.services.client import struct
 
     left, right = kb_names
     long = stub.CreateJob(pb.CreateJobRequest(strategy="cooperative", kbs=[left, right], settings=struct({**job_settings, "rounds": 500})), timeout=TIMEOUT).job
@@ -299,7 +299,7 @@ def test_a_running_job_keeps_its_kbs_and_can_be_stopped(stub, registered, kb_nam
 @pytest.mark.parametrize("strategy", ["none", "one-way", "sequential"])
 def test_each_strategy_exchanges_in_its_own_directions(stub, registered, kb_names, job_settings, strategy):
     """none: nothing is sent; one-way: only the teacher (the first KB) sends and stops training; sequential: both send."""
-    from services.client import struct
+    from kdmkb.services.client import struct
 
     left, right = kb_names
     settings = {**job_settings, "rounds": 3, "pretrain_rounds": 1, "eval_every": 0}
@@ -329,7 +329,7 @@ def test_each_strategy_exchanges_in_its_own_directions(stub, registered, kb_name
 
 def test_export_of_wide_embeddings_fits_default_client_limits(stub, registered, nations_split, kb_names):
     """Default chunks of wide embeddings stay under the 4 MB a default gRPC client accepts (55 x 20000 floats is 4.4 MB)."""
-    from services.client import struct
+    from kdmkb.services.client import struct
 
     dim = 20_000
     stub.RegisterKB(

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from services.client import struct
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.services.client import struct
 
 TIMEOUT = 120.0
 INVALID, NOT_FOUND, PRECONDITION = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION

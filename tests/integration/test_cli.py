@@ -12,10 +12,10 @@ import pytest
 import tomllib
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.config import load_job_file
-from services.datasets import dataset_dir
-from services.split import split_dataset, write_job_file
+from kdmkb.services.cli import app
+from kdmkb.services.config import load_job_file
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.split import split_dataset, write_job_file
 
 NATIONS = dataset_dir("nations")
 REPORT_METRICS = {"mrr", "mr", "hits@1", "hits@3", "hits@10"}

@@ -10,13 +10,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from coordinator.alignment import PairAlignment, build_pair, merge
-from kb_worker import soft_labels
-from kb_worker.worker import KBWorker
-from kb_worker.worker_types import QueryKind
-from services.datasets import dataset_dir
-from services.errors import DataError
-from services.split import split_dataset
+from kdmkb.coordinator.alignment import PairAlignment, build_pair, merge
+from kdmkb.kb_worker import soft_labels
+from kdmkb.kb_worker.worker import KBWorker
+from kdmkb.kb_worker.worker_types import QueryKind
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.errors import DataError
+from kdmkb.services.split import split_dataset
 
 SETTINGS = {"dim": 16, "batch_size": 64, "negatives": 8, "learning_rate": 0.01}
 DISTILL = {"alpha": 0.5, "top_k": 4, "temperature": 1.0, "score_dtype": "float32"}

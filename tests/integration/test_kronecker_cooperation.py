@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.service import Coordinator
-from services.datasets import dataset_dir
-from services.split import split_dataset
+from kdmkb.coordinator.service import Coordinator
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.split import split_dataset
 
 KRONECKER = {"dim": 256, "regime": "KvsAll", "batch_size": 128, "learning_rate": 0.01}
 TRANSE = {"dim": 100, "learning_rate": 5e-3, "negatives": 32, "batch_size": 128}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.service import Coordinator
-from services.datasets import dataset_dir
-from services.demo import DEMO_JOB_SETTINGS, DEMO_WORKER_SETTINGS
-from services.split import split_dataset
+from kdmkb.coordinator.service import Coordinator
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.demo import DEMO_JOB_SETTINGS, DEMO_WORKER_SETTINGS
+from kdmkb.services.split import split_dataset
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kbs, margin", [(3, 0.10), (2, 0.04)])  # absolute test MRR on every KB; measured gains .17-.19 and .06-.08

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from services.client import CoordinatorClient
-from services.cluster import STATE_FILE, _session_members
-from services.config import JobFile
-from services.datasets import dataset_dir
-from services.split import job_file_dict, split_dataset
+from kdmkb.services.client import CoordinatorClient
+from kdmkb.services.cluster import STATE_FILE, _session_members
+from kdmkb.services.config import JobFile
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.split import job_file_dict, split_dataset
 
 PLACEMENTS = Path(__file__).parent / "scripts" / "cluster_placements.py"
 KBS = ("west", "east")
@@ -27,7 +27,7 @@ JOB = {"rounds": 3, "steps_per_round": 5, "eval_every": 1, "checkpoint_every": 0
 
 
 def kdmkb(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "kdmkb", *args], capture_output=True, text=True, timeout=300)
 
 
 def promql(prometheus: str, query: str) -> list[dict]:

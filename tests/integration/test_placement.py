@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.datasets import dataset_dir
-from services.split import split_dataset
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.split import split_dataset
 
 SCRIPT = Path(__file__).parent / "scripts" / "two_node_job.py"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from coordinator.service import Coordinator
-from kb_worker.worker import CHECKPOINT_FILE, KBWorker
-from services.errors import DataError
+from kdmkb.coordinator.service import Coordinator
+from kdmkb.kb_worker.worker import CHECKPOINT_FILE, KBWorker
+from kdmkb.services.errors import DataError
 
 TIMEOUT = 180.0
 LONG_ROUNDS = 12

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.datasets import dataset_dir
-from services.split import split_dataset, write_job_file
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.split import split_dataset, write_job_file
 
 WORKER = {"dim": 16, "batch_size": 64, "negatives": 8, "learning_rate": 0.01}
 JOB = {"rounds": 3, "steps_per_round": 5, "checkpoint_every": 1, "seed": 0, "top_k": 4}
@@ -24,7 +24,7 @@ LISTENING = re.compile(r"coordinator listening on (\S+); metrics on :(\d+)/metri
 
 
 def kdmkb(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "kdmkb", *args], capture_output=True, text=True, timeout=timeout)
 
 
 class Server:
@@ -32,7 +32,7 @@ class Server:
 
     def __init__(self, data_dir: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", "--address", "127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "kdmkb", "serve", "--address", "127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data_dir)],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "KDMKB_LOG_LEVEL": "WARNING"},

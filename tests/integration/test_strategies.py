@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.service import Coordinator
-from services.datasets import dataset_dir
-from services.split import split_dataset
+from kdmkb.coordinator.service import Coordinator
+from kdmkb.services.datasets import dataset_dir
+from kdmkb.services.split import split_dataset
 
 WORKER = {"dim": 16, "batch_size": 64, "negatives": 8, "learning_rate": 0.01}
 ROUNDS, STEPS, PRETRAIN = 4, 5, 2

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kb_worker.data import KnowledgeBase, Vocabulary
-from kb_worker.worker_types import QueryKind
+from kdmkb.kb_worker.data import KnowledgeBase, Vocabulary
+from kdmkb.kb_worker.worker_types import QueryKind
 
 
 @pytest.fixture(autouse=True)

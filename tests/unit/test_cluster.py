@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from services.cluster import STATE_FILE, _session_members, _start_time, cluster_down, cluster_up
-from services.errors import ConfigError, PreconditionError
+from kdmkb.services.cluster import STATE_FILE, _session_members, _start_time, cluster_down, cluster_up
+from kdmkb.services.errors import ConfigError, PreconditionError
 
 
 def test_down_stops_a_recorded_process_and_what_it_left_behind(tmp_path):

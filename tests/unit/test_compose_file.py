@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.ray_runtime import WORKER_ENV
+from kdmkb.services.ray_runtime import WORKER_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

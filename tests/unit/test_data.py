@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kb_worker.data import load_kb
-from services.errors import DataError
+from kdmkb.kb_worker.data import load_kb
+from kdmkb.services.errors import DataError
 
 TRAIN = "a\tr1\tb\nb\tr2\tc\n"
 VALID = "c\tr1\td\n"

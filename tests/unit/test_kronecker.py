@@ -14,12 +14,12 @@ import pydantic
 import pytest
 import torch
 
-from kb_worker.data import load_kb
-from kb_worker.ranking import KnownAnswers, evaluate_ranking
-from kb_worker.worker_types import WORKER_TYPES, QueryKind
-from kb_worker.worker_types.kronecker import KroneckerSettings, ReciprocalWorker, relaxation_loss
-from services.config import validate
-from services.errors import ConfigError
+from kdmkb.kb_worker.data import load_kb
+from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
+from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind
+from kdmkb.kb_worker.worker_types.kronecker import KroneckerSettings, ReciprocalWorker, relaxation_loss
+from kdmkb.services.config import validate
+from kdmkb.services.errors import ConfigError
 
 TAIL, HEAD, RELATION = QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION
 KRONECKER = ("kd-rel-distmult", "kd-distmult")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kb_worker.losses import distillation_kl, logistic_loss, self_adversarial_loss
+from kdmkb.kb_worker.losses import distillation_kl, logistic_loss, self_adversarial_loss
 
 POSITIVE = [1.0, -0.5]
 NEGATIVE = [[0.2, -1.0, 0.5], [1.5, 0.0, -2.0]]

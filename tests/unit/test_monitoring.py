@@ -12,8 +12,8 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from services import metrics
-from services.prometheus import COORDINATOR_JOB, WORKERS_JOB, prometheus_config, prometheus_tool
+from kdmkb.services import metrics
+from kdmkb.services.prometheus import COORDINATOR_JOB, WORKERS_JOB, prometheus_config, prometheus_tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "kdmkb.json"

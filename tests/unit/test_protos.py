@@ -1,4 +1,4 @@
-"""The committed generated code is what ``python -m protos.generate`` makes of the committed .proto files."""
+"""The committed generated code is what ``python -m kdmkb.protos.generate`` makes of the committed .proto files."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import protos
-from protos.generate import generate, proto_files
+import kdmkb.protos as protos
+from kdmkb.protos.generate import generate, proto_files
 
 ROOT = Path(protos.__file__).resolve().parent  # .../protos
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
@@ -21,7 +21,7 @@ def _generated(root: Path) -> dict[str, bytes]:
 def regenerated(tmp_path_factory) -> dict[str, bytes]:
     out = tmp_path_factory.mktemp("protos")
     generate(out)
-    return _generated(out / "protos")
+    return _generated(out)
 
 
 def test_every_proto_has_committed_code(regenerated):
@@ -40,7 +40,7 @@ def test_generated_code_is_up_to_date(regenerated):
 
 def test_regeneration_leaves_importable_packages(tmp_path):
     generate(tmp_path)
-    for module in (tmp_path / "protos").rglob("*_pb2.py"):
+    for module in tmp_path.rglob("*_pb2.py"):
         package = module.parent
         while package != tmp_path:
             assert (package / "__init__.py").is_file(), package

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from kb_worker.ranking import KnownAnswers, RankingMetrics, evaluate_ranking, filtered_ranks
-from kb_worker.worker_types import QueryKind
+from kdmkb.kb_worker.ranking import KnownAnswers, RankingMetrics, evaluate_ranking, filtered_ranks
+from kdmkb.kb_worker.worker_types import QueryKind
 
 NUM_ENTITIES, NUM_RELATIONS = 30, 4
 

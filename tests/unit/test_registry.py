@@ -11,10 +11,10 @@ import pydantic
 import pytest
 import torch
 
-from kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
-from kb_worker.worker_types.structural import StructuralWorker
-from services.errors import ConfigError
-from services.registry import Registry
+from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
+from kdmkb.kb_worker.worker_types.structural import StructuralWorker
+from kdmkb.services.errors import ConfigError
+from kdmkb.services.registry import Registry
 
 BUILT_IN = ("complex", "distmult", "kd-distmult", "kd-rel-distmult", "reciprocal-distmult", "rotate", "transe")
 

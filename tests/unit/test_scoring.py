@@ -17,10 +17,10 @@ from typing import Callable
 import pytest
 import torch
 
-from kb_worker.scoring import METRICS, all_pairs_scores, matched_scores
-from kb_worker.worker_types import WORKER_TYPES, QueryKind
-from kb_worker.worker_types.structural import EXACT_METRICS, RERANK_FACTOR
-from services.ray_runtime import WORKER_ENV
+from kdmkb.kb_worker.scoring import METRICS, all_pairs_scores, matched_scores
+from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind
+from kdmkb.kb_worker.worker_types.structural import EXACT_METRICS, RERANK_FACTOR
+from kdmkb.services.ray_runtime import WORKER_ENV
 
 TAIL, HEAD, RELATION = QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION
 

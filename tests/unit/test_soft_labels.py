@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kb_worker import soft_labels
-from kb_worker.worker_types import QueryKind
-from protos.kdmkb.exchange.v1 import soft_labels_pb2 as pb
+from kdmkb.kb_worker import soft_labels
+from kdmkb.kb_worker.worker_types import QueryKind
+from kdmkb.protos.kdmkb.exchange.v1 import soft_labels_pb2 as pb
 
 
 def lesson(*blocks: soft_labels.Block) -> soft_labels.Lesson:

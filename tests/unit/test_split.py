@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import services
-import services.split as split_module
-from kb_worker.data import load_kb
-from services.errors import ConfigError, DataError
-from services.split import split_dataset
+import kdmkb.services as services
+import kdmkb.services.split as split_module
+from kdmkb.kb_worker.data import load_kb
+from kdmkb.services.errors import ConfigError, DataError
+from kdmkb.services.split import split_dataset
 
 UMLS = Path(services.__file__).parent / "datasets" / "umls"
 WN18RR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wn18rr"

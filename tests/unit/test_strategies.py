@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.strategies import STRATEGIES, RoundPlan, make_strategy
-from services.config import JobSettings
-from services.errors import ConfigError
+from kdmkb.coordinator.strategies import STRATEGIES, RoundPlan, make_strategy
+from kdmkb.services.config import JobSettings
+from kdmkb.services.errors import ConfigError
 
 KBS = ["a", "b", "c"]
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from kb_worker import soft_labels, worker as worker_module
-from kb_worker.worker import AlignmentView, KBWorker
-from kb_worker.worker_types import QueryKind
-from services.tsv import write_rows
+from kdmkb.kb_worker import soft_labels, worker as worker_module
+from kdmkb.kb_worker.worker import AlignmentView, KBWorker
+from kdmkb.kb_worker.worker_types import QueryKind
+from kdmkb.services.tsv import write_rows
 
 K = 3
 

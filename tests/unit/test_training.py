@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kb_worker.data import load_kb
-from kb_worker.ranking import KnownAnswers, evaluate_ranking
-from kb_worker.worker_types import WORKER_TYPES, QueryKind
+from kdmkb.kb_worker.data import load_kb
+from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
+from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind
 
 UMLS = Path(__file__).parents[2] / "services" / "datasets" / "umls"
 

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from services.ray_runtime import WORKER_ENV
+from kdmkb.services.ray_runtime import WORKER_ENV
 
 os.environ.update(WORKER_ENV)
 

@@ -11,15 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from services.ray_runtime import WORKER_ENV
+from kdmkb.services.ray_runtime import WORKER_ENV
 
 os.environ.update(WORKER_ENV)
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from coordinator.service import Coordinator  # noqa: E402
-from services.errors import PreconditionError  # noqa: E402
+from kdmkb.coordinator.service import Coordinator  # noqa: E402
+from kdmkb.services.errors import PreconditionError  # noqa: E402
 
 STORE = 80 * 2**20
 root = Path(sys.argv[1])

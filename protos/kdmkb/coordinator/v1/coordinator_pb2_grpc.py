@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.kdmkb.coordinator.v1 import coordinator_pb2 as protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2
+from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/kdmkb/coordinator/v1/coordinator_pb2_grpc.py depends on'
+        + ' but the generated code in kdmkb/coordinator/v1/coordinator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,63 +36,63 @@ class CoordinatorStub:
         """
         self.RegisterKB = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/RegisterKB',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBResponse.FromString,
                 _registered_method=True)
         self.ListKBs = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/ListKBs',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsResponse.FromString,
                 _registered_method=True)
         self.RegisterAlignment = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/RegisterAlignment',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentResponse.FromString,
                 _registered_method=True)
         self.CreateJob = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/CreateJob',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobResponse.FromString,
                 _registered_method=True)
         self.StartJob = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/StartJob',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobResponse.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/GetJob',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobResponse.FromString,
                 _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/ListJobs',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/kdmkb.coordinator.v1.Coordinator/WatchJob',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.WatchJobRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
                 _registered_method=True)
         self.StopJob = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/StopJob',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobResponse.FromString,
                 _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/Evaluate',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
         self.Predict = channel.unary_unary(
                 '/kdmkb.coordinator.v1.Coordinator/Predict',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.ExportEmbeddings = channel.unary_stream(
                 '/kdmkb.coordinator.v1.Coordinator/ExportEmbeddings',
-                request_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsRequest.SerializeToString,
-                response_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsResponse.FromString,
+                request_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsRequest.SerializeToString,
+                response_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsResponse.FromString,
                 _registered_method=True)
 
 
@@ -181,63 +181,63 @@ def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RegisterKB': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterKB,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBResponse.SerializeToString,
             ),
             'ListKBs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListKBs,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsResponse.SerializeToString,
             ),
             'RegisterAlignment': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterAlignment,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentResponse.SerializeToString,
             ),
             'CreateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateJob,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobResponse.SerializeToString,
             ),
             'StartJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StartJob,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.WatchJobRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.JobEvent.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.WatchJobRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.JobEvent.SerializeToString,
             ),
             'StopJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StopJob,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobResponse.SerializeToString,
             ),
             'Evaluate': grpc.unary_unary_rpc_method_handler(
                     servicer.Evaluate,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateResponse.SerializeToString,
             ),
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictResponse.SerializeToString,
             ),
             'ExportEmbeddings': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportEmbeddings,
-                    request_deserializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsRequest.FromString,
-                    response_serializer=protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsResponse.SerializeToString,
+                    request_deserializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsRequest.FromString,
+                    response_serializer=kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,8 +265,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/RegisterKB',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterKBResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -292,8 +292,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/ListKBs',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListKBsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -319,8 +319,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/RegisterAlignment',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.RegisterAlignmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -346,8 +346,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/CreateJob',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.CreateJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -373,8 +373,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/StartJob',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StartJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -400,8 +400,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/GetJob',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -427,8 +427,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/ListJobs',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -454,8 +454,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/WatchJob',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.WatchJobRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.WatchJobRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -481,8 +481,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/StopJob',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.StopJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -508,8 +508,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/Evaluate',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.EvaluateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -535,8 +535,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/Predict',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -562,8 +562,8 @@ class Coordinator:
             request,
             target,
             '/kdmkb.coordinator.v1.Coordinator/ExportEmbeddings',
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsRequest.SerializeToString,
-            protos_dot_kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsResponse.FromString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsRequest.SerializeToString,
+            kdmkb_dot_coordinator_dot_v1_dot_coordinator__pb2.ExportEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

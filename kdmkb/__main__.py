@@ -1,0 +1,5 @@
+"""``python -m kdmkb``: the command line."""
+
+from kdmkb.services.cli import main
+
+main()
