@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 from kdmkb.coordinator.alignment import build_pair, merge
-from kdmkb.kb_worker import soft_labels
+from kdmkb.kb_worker import exchange
 from kdmkb.kb_worker.worker import KBWorker
 from kdmkb.kb_worker.worker_types.base import QueryKind
 from kdmkb.services.split import split_dataset
@@ -117,7 +117,7 @@ class SearchCounter:
 def lesson_rows(payload: bytes) -> tuple[int, int]:
     """(entity queries, relation queries) in a serialised lesson."""
     entity = relation = 0
-    for block in soft_labels.decode(payload).blocks:
+    for block in exchange.decode(payload).blocks:
         if block.kind in ENTITY_KINDS:
             entity += block.queries.shape[0]
         else:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdmkb.kb_worker.worker import AlignmentView
+from kdmkb.kb_worker.alignment_view import AlignmentView
 from kdmkb.services.errors import DataError
 from kdmkb.services.tsv import read_rows
 

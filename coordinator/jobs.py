@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import ray
 
-from kdmkb.coordinator.strategies import make_strategy
-from kdmkb.kb_worker.worker import AlignmentView
+from kdmkb.coordinator.strategies import RoundPlan, RoundResults, make_strategy
+from kdmkb.kb_worker.alignment_view import AlignmentView
 from kdmkb.services import metrics
 from kdmkb.services.config import JobSettings
 from kdmkb.services.ray_runtime import unwrap
@@ -30,6 +30,7 @@ class Job:
     strategy: str
     kbs: list[str]
     settings: dict
+    strategy_settings: dict = field(default_factory=dict)
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: str = "CREATED"
     round: int = 0
@@ -51,6 +52,9 @@ class Job:
     def from_dict(cls, raw: dict) -> "Job":
         return cls(**raw)
 
+    def new_progress(self) -> dict:
+        return {"loss": 0.0, "kd_loss": 0.0, "steps": 0, "soft_label_bytes_sent": 0, "soft_label_bytes_received": 0, "query_bytes_sent": 0, "query_bytes_received": 0}
+
 
 @dataclass(frozen=True)
 class JobEvent:
@@ -65,7 +69,7 @@ class JobEvent:
 
 
 class JobRunner(threading.Thread):
-    """Runs a job's rounds: teach -> route soft labels -> train, then evaluate and checkpoint.
+    """Runs a job's rounds as its strategy plans them (push: teach; pull: ask -> answer; then train), evaluates and checkpoints.
 
     One job's failure fails that job only: every error ends here, in the job's record.
     """
@@ -110,7 +114,7 @@ class JobRunner(threading.Thread):
         job = self.job
         try:
             settings = JobSettings.model_validate(job.settings)
-            strategy = make_strategy(job.strategy, job.kbs, settings)
+            strategy = make_strategy(job.strategy, job.kbs, settings, job.strategy_settings)
             self._configure(settings)
             job.state = "RUNNING"
             self._emit("started")
@@ -121,7 +125,8 @@ class JobRunner(threading.Thread):
                     job.state = "STOPPED"
                     self._emit("stopped", message="stopped on request")
                     return
-                seconds = self._round(round_, strategy.plan(round_), settings)
+                seconds, results = self._round(round_, strategy.plan(round_), settings)
+                strategy.observe(results)
                 job.round = round_ + 1
                 metrics.ROUND_SECONDS.labels(job.job_id).observe(seconds)
                 metrics.JOB_ROUNDS.labels(job.job_id).set(job.round)
@@ -150,34 +155,57 @@ class JobRunner(threading.Thread):
         else:
             self.job.round = 0
         for kb in self.workers:
-            self.job.progress.setdefault(kb, {"loss": 0.0, "kd_loss": 0.0, "steps": 0, "soft_label_bytes_sent": 0, "soft_label_bytes_received": 0})
+            self.job.progress.setdefault(kb, self.job.new_progress())
 
-    def _round(self, round_: int, plan, settings: JobSettings) -> float:
-        """One round: every teacher's soft labels go, as Ray object references, to its students."""
+    def _round(self, round_: int, plan: RoundPlan, settings: JobSettings) -> tuple[float, RoundResults]:
+        """One round: soft labels (and, for pull, queries) move as Ray object references; workers never call each other.
+
+        Calls reach each worker in the order they are made here, so a teacher labels before it
+        trains in the same round, as in Algorithm 1.
+        """
         started = time.perf_counter()
         steps = settings.steps_per_round
-        students = set(plan.students)
-        inbound: dict[str, list] = {kb: [] for kb in plan.students}
-        teach_stats = {}
-        for teacher in plan.teachers:
-            recipients = [s for s in plan.students if s != teacher and s in self.views[teacher].peers]
-            if not recipients:
-                continue
-            refs = self.workers[teacher].teach.options(num_returns=1 + len(recipients)).remote(round_, steps, recipients)
-            teach_stats[teacher] = refs[0]
-            for student, ref in zip(recipients, refs[1:]):
+        training = set(plan.training)
+        edges = [e for e in plan.edges if e.student in training and e.student != e.teacher and e.student in self.views[e.teacher].peers]
+        inbound: dict[str, list] = {kb: [] for kb in plan.training}
+        weights: dict[str, dict[str, float]] = {kb: {} for kb in plan.training}
+        pushed, pulled = {}, []
+        for teacher in dict.fromkeys(e.teacher for e in edges if e.mode == "push"):
+            students = [e.student for e in edges if e.mode == "push" and e.teacher == teacher]
+            refs = self.workers[teacher].teach.options(num_returns=1 + len(students)).remote(round_, steps, students)
+            pushed[teacher] = refs[0]
+            for student, ref in zip(students, refs[1:]):
                 inbound[student].append(ref)
-        train = {kb: self.workers[kb].train.remote(round_, steps, *inbound[kb]) for kb in students}
-        results = dict(zip(train, ray.get(list(train.values()))))
-        stats = dict(zip(teach_stats, ray.get(list(teach_stats.values()))))
-        for teacher, stat in stats.items():
-            for student, size in stat["bytes"].items():
-                metrics.ROUTED_BYTES.labels(teacher, student, self.job.job_id).inc(size)
-                self.job.progress[teacher]["soft_label_bytes_sent"] += size
-                self.job.progress[student]["soft_label_bytes_received"] += size
-        for kb, result in results.items():
+        for edge in (e for e in edges if e.mode == "pull"):
+            asked, queries = self.workers[edge.student].ask.options(num_returns=2).remote(round_, steps, edge.teacher, edge.candidates)
+            answered, labels = self.workers[edge.teacher].answer.options(num_returns=2).remote(queries)
+            pulled.append((edge, asked, answered))
+            inbound[edge.student].append(labels)
+        for edge in edges:
+            weights[edge.student][edge.teacher] = edge.weight
+        train = {kb: self.workers[kb].train.remote(round_, steps, *inbound[kb], weights=weights[kb]) for kb in plan.training}
+        trained = dict(zip(train, ray.get(list(train.values()))))
+        label_bytes: dict[tuple[str, str], int] = {}
+        for teacher, stats in zip(pushed, ray.get(list(pushed.values()))):
+            for student, size in stats["bytes"].items():
+                label_bytes[teacher, student] = size
+        pull_stats = ray.get([ref for _, asked, answered in pulled for ref in (asked, answered)])
+        for i, (edge, _, _) in enumerate(pulled):
+            ask_stats, answer_stats = pull_stats[2 * i : 2 * i + 2]
+            label_bytes[edge.teacher, edge.student] = answer_stats["bytes"]
+            self._meter_queries(edge.student, edge.teacher, ask_stats["bytes"])
+        for (teacher, student), size in label_bytes.items():
+            metrics.ROUTED_BYTES.labels(teacher, student, self.job.job_id).inc(size)
+            self.job.progress[teacher]["soft_label_bytes_sent"] += size
+            self.job.progress[student]["soft_label_bytes_received"] += size
+        for kb, result in trained.items():
             self.job.progress[kb].update(loss=result["loss"], kd_loss=result["kd_loss"], steps=result["steps"])
-        return time.perf_counter() - started
+        return time.perf_counter() - started, RoundResults(round_, trained, label_bytes)
+
+    def _meter_queries(self, student: str, teacher: str, size: int) -> None:
+        metrics.ROUTED_QUERY_BYTES.labels(student, teacher, self.job.job_id).inc(size)
+        self.job.progress[student]["query_bytes_sent"] += size
+        self.job.progress[teacher]["query_bytes_received"] += size
 
     def _evaluate(self, split: str) -> dict:
         results = dict(zip(self.workers, ray.get([w.evaluate.remote(split) for w in self.workers.values()])))

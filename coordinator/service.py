@@ -14,7 +14,7 @@ import ray
 from kdmkb.coordinator.alignment import PairAlignment, build_pair, merge
 from kdmkb.coordinator.jobs import STATES, TERMINAL, Job, JobEvent, JobRunner
 from kdmkb.coordinator.store import Store
-from kdmkb.coordinator.strategies import STRATEGIES, make_strategy
+from kdmkb.coordinator.strategies import make_strategy
 from kdmkb.kb_worker.actor import spawn_worker
 from kdmkb.kb_worker.worker_types import WORKER_TYPES
 from kdmkb.services import metrics
@@ -105,6 +105,7 @@ class Coordinator:
         except ConfigError as error:
             raise ConfigError(f"worker_type: {error}") from None
         typed = validate(worker_class.settings_model, settings or {}, prefix="settings")
+        options = worker_class.actor_options(typed, ray.cluster_resources().get("GPU", 0.0))
         spec = {"name": name, "data_dir": str(Path(data_dir).resolve()), "worker_type": worker_type, "settings": typed.model_dump(exclude_unset=True), "resource": resource}
         with self._lock:
             existing = self._kbs.get(name)
@@ -114,7 +115,7 @@ class Coordinator:
                 raise PreconditionError(f"KB {name!r} is in running job {self._busy(name)!r}; stop it before re-registering")
         if resource and resource not in ray.cluster_resources():
             raise PreconditionError(f"resource: no node of the Ray cluster offers {resource!r}; start one with --resources='{{\"{resource}\": 1}}'")
-        handle = spawn_worker(name, spec["data_dir"], worker_type, spec["settings"], resource)
+        handle = spawn_worker(name, spec["data_dir"], worker_type, typed, resource, options)
         try:
             info = self._call(handle.open.remote())
             endpoint = self._call(handle.start_metrics.remote())
@@ -188,7 +189,7 @@ class Coordinator:
         }
 
     # -- jobs ------------------------------------------------------------------------------
-    def create_job(self, strategy: str, kbs: list[str], settings: dict | None = None) -> Job:
+    def create_job(self, strategy: str, kbs: list[str], settings: dict | None = None, strategy_settings: dict | None = None) -> Job:
         _require(strategy, "strategy")
         _require(list(kbs), "kbs")
         if len(set(kbs)) != len(kbs):
@@ -196,12 +197,9 @@ class Coordinator:
         for index, name in enumerate(kbs):
             self._kb(name, f"kbs[{index}]")
         typed = validate(JobSettings, settings or {}, prefix="settings")
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"strategy: unknown strategy {strategy!r}; known: {', '.join(STRATEGIES.names())}")
-        make_strategy(strategy, list(kbs), typed)  # validates the strategy's own settings now
-        if strategy != "none":
-            merge(list(kbs), self._job_alignments(kbs))  # conflicting alignments fail now, not later
-        job = Job(strategy=strategy, kbs=list(kbs), settings=typed.model_dump())
+        planner = make_strategy(strategy, list(kbs), typed, strategy_settings)  # validates the strategy's own settings now
+        merge(list(kbs), self._job_alignments(kbs))  # conflicting alignments fail now, not later
+        job = Job(strategy=strategy, kbs=list(kbs), settings=typed.model_dump(), strategy_settings=planner.settings.model_dump(exclude_unset=True))
         with self._lock:
             self._jobs[job.job_id] = job
         self.store.save_job(job.to_dict())
@@ -238,7 +236,7 @@ class Coordinator:
 
     def _launch(self, job: Job, resume: bool) -> None:
         workers = {name: self._kb(name, "kbs").handle for name in job.kbs}
-        views = merge(job.kbs, self._job_alignments(job.kbs) if job.strategy != "none" else [])
+        views = merge(job.kbs, self._job_alignments(job.kbs))
         runner = JobRunner(job, workers, views, self.store, self._export_job_states, resume)
         job.state = "RUNNING"
         self._runners[job.job_id] = runner

@@ -8,7 +8,6 @@ import time
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
 
 from kdmkb.coordinator.jobs import Job, JobEvent
 from kdmkb.coordinator.service import Coordinator
@@ -16,6 +15,7 @@ from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from kdmkb.services import metrics
 from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError
+from kdmkb.services.wire import from_struct, to_struct
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +36,12 @@ def _status(error: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _settings(struct) -> dict:
-    return json_format.MessageToDict(struct) if struct is not None else {}
-
-
-def _struct(values: dict) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
+METRIC_FIELDS = ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queries", "seconds", "ranking", "retriever_recall")
 
 
 def metrics_message(values: dict | None) -> pb.Metrics:
     values = values or {}
-    return pb.Metrics(**{k: values[k] for k in ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queries", "seconds") if k in values})
+    return pb.Metrics(**{k: values[k] for k in METRIC_FIELDS if values.get(k) is not None})
 
 
 def progress_message(values: dict) -> pb.KBProgress:
@@ -59,6 +52,8 @@ def progress_message(values: dict) -> pb.KBProgress:
         valid=metrics_message(values.get("valid")),
         soft_label_bytes_sent=values.get("soft_label_bytes_sent", 0),
         soft_label_bytes_received=values.get("soft_label_bytes_received", 0),
+        query_bytes_sent=values.get("query_bytes_sent", 0),
+        query_bytes_received=values.get("query_bytes_received", 0),
     )
 
 
@@ -67,7 +62,8 @@ def job_message(job: Job) -> pb.Job:
         job_id=job.job_id,
         strategy=job.strategy,
         kbs=job.kbs,
-        settings=_struct(job.settings),
+        settings=to_struct(job.settings),
+        strategy_settings=to_struct(job.strategy_settings),
         state=pb.JobState.Value(f"JOB_STATE_{job.state}"),
         round=job.round,
         total_rounds=job.total_rounds,
@@ -94,7 +90,7 @@ def event_message(event: JobEvent) -> pb.JobEvent:
 
 def kb_message(values: dict) -> pb.KB:
     fields = {k: v for k, v in values.items() if k in pb.KB.DESCRIPTOR.fields_by_name and k != "settings"}
-    return pb.KB(settings=_struct(values.get("settings", {})), **fields)
+    return pb.KB(settings=to_struct(values.get("settings", {})), **fields)
 
 
 def rpc(method):
@@ -146,7 +142,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @rpc
     def RegisterKB(self, request, context):
-        kb = self.coordinator.register_kb(request.name, request.data_dir, request.worker_type, _settings(request.settings), request.resource)
+        kb = self.coordinator.register_kb(request.name, request.data_dir, request.worker_type, from_struct(request.settings), request.resource)
         return pb.RegisterKBResponse(kb=kb_message(kb))
 
     @rpc
@@ -160,7 +156,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @rpc
     def CreateJob(self, request, context):
-        return pb.CreateJobResponse(job=job_message(self.coordinator.create_job(request.strategy, list(request.kbs), _settings(request.settings))))
+        job = self.coordinator.create_job(request.strategy, list(request.kbs), from_struct(request.settings), from_struct(request.strategy_settings))
+        return pb.CreateJobResponse(job=job_message(job))
 
     @rpc
     def StartJob(self, request, context):

@@ -1,34 +1,100 @@
-"""Distillation strategies by name: who teaches and who learns in each round.
+"""Distillation strategies by name: each plans its rounds as edges (teacher -> student, push or pull, weight).
 
-The coordinator's round loop is the same for every strategy; a strategy only plans rounds.
+The coordinator's round loop is the same for every strategy (:mod:`kdmkb.coordinator.jobs`): it
+asks the strategy for a round's :class:`RoundPlan`, runs it, and hands the :class:`RoundResults`
+back to :meth:`Strategy.observe`, so that an adaptive strategy can change the next plan. Like a
+worker type, a strategy has its own settings model (``[strategy]`` in a job file) and a minimum
+number of KBs; nothing outside this module tests a strategy's name.
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
-from kdmkb.services.config import JobSettings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kdmkb.services.config import JobSettings, describe_validation_error
 from kdmkb.services.errors import ConfigError
 from kdmkb.services.registry import Registry
+
+Mode = Literal["push", "pull"]
+CandidateRule = Literal["top-k", "listed", "all"]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One teacher's soft labels for one student in a round.
+
+    ``push``: the teacher labels the queries of its own batches (KD-MKB). ``pull``: the student
+    sends its own batches' queries and the teacher labels those, over ``candidates``: the teacher's
+    top-k plus k random (``top-k``), the student's own (``listed``), or every shared entity (``all``).
+    ``weight`` scales the teacher's term in the student's teacher combination.
+    """
+
+    teacher: str
+    student: str
+    mode: Mode = "push"
+    weight: float = 1.0
+    candidates: CandidateRule = "top-k"
 
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """Teachers send soft labels to every student but themselves; students train (frozen KBs do not)."""
+    """A round's edges, and the KBs that take training steps (a frozen teacher does not)."""
 
-    teachers: tuple[str, ...]
-    students: tuple[str, ...]
+    edges: tuple[Edge, ...]
+    training: tuple[str, ...]
+
+    def students_of(self, teacher: str) -> list[str]:
+        return [edge.student for edge in self.edges if edge.teacher == teacher]
+
+
+@dataclass(frozen=True)
+class RoundResults:
+    """What a round returned: per training KB its losses, per edge the bytes its soft labels took."""
+
+    round: int
+    training: dict[str, dict] = field(default_factory=dict)
+    soft_label_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+class StrategySettings(BaseModel):
+    """Settings every strategy accepts (none)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExchangeSettings(StrategySettings):
+    """Settings of strategies whose KBs exchange soft labels."""
+
+    exchange: Mode = Field("push", description="push: teachers label their own batches (KD-MKB); pull: students ask their teachers about their own batches.")
+    candidates: CandidateRule = Field(
+        "top-k", description="pull only: the teacher's top-k plus k random (top-k), the student's own (listed), or every shared entity (all)."
+    )
+
+    def edge(self, teacher: str, student: str, weight: float = 1.0) -> Edge:
+        return Edge(teacher, student, self.exchange, weight, self.candidates)
 
 
 class Strategy(abc.ABC):
-    def __init__(self, kbs: list[str], settings: JobSettings) -> None:
+    """Plans each round of a job; see the module docstring."""
+
+    settings_model: ClassVar[type[StrategySettings]] = StrategySettings
+    min_kbs: ClassVar[int] = 2
+
+    def __init__(self, kbs: list[str], settings: StrategySettings, job: JobSettings) -> None:
         self.kbs = tuple(kbs)
         self.settings = settings
+        self.job = job
 
     @abc.abstractmethod
     def plan(self, round_: int) -> RoundPlan:
-        """The roles of round ``round_`` (0-based)."""
+        """The edges of round ``round_`` (0-based)."""
+
+    def observe(self, results: RoundResults) -> None:
+        """Receives what the round just planned returned; adaptive strategies change their next plan here."""
 
     def alone(self) -> RoundPlan:
         return RoundPlan((), self.kbs)
@@ -41,50 +107,100 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 class Independent(Strategy):
     """Every KB trains on its own triples only: the baseline."""
 
+    min_kbs = 1
+
     def plan(self, round_: int) -> RoundPlan:
         return self.alone()
+
+
+class CooperativeSettings(ExchangeSettings):
+    warmup_steps: int = Field(0, ge=0, description="Steps of training alone before any distillation.")
 
 
 @STRATEGIES.register("cooperative")
 class Cooperative(Strategy):
     """KD-MKB (Algorithm 1): every KB is teacher and student at every step, jointly updated."""
 
+    settings_model = CooperativeSettings
+
     def plan(self, round_: int) -> RoundPlan:
-        if round_ * self.settings.steps_per_round < self.settings.warmup_steps:
+        if round_ * self.job.steps_per_round < self.settings.warmup_steps:
             return self.alone()
-        return RoundPlan(self.kbs, self.kbs)
+        return RoundPlan(tuple(self.settings.edge(t, s) for t in self.kbs for s in self.kbs if s != t), self.kbs)
+
+
+class PretrainSettings(ExchangeSettings):
+    pretrain_rounds: int | None = Field(None, ge=0, description="Rounds of training alone before teachers distil (default: half of the job's rounds).")
+
+    def pretrain(self, job: JobSettings) -> int:
+        rounds = job.rounds // 2 if self.pretrain_rounds is None else self.pretrain_rounds
+        if rounds >= job.rounds:
+            raise ConfigError(f"strategy_settings.pretrain_rounds: {rounds} must be smaller than the job's rounds ({job.rounds})")
+        return rounds
+
+
+class OneWaySettings(PretrainSettings):
+    teacher: str | None = Field(None, description="The frozen teacher KB (default: the job's first KB).")
 
 
 @STRATEGIES.register("one-way")
 class OneWay(Strategy):
     """The paper's "Independent": a teacher pre-trained alone, then frozen, distils into the others."""
 
-    def __init__(self, kbs: list[str], settings: JobSettings) -> None:
-        super().__init__(kbs, settings)
+    settings_model = OneWaySettings
+
+    def __init__(self, kbs: list[str], settings: OneWaySettings, job: JobSettings) -> None:
+        super().__init__(kbs, settings, job)
         self.teacher = settings.teacher or self.kbs[0]
         if self.teacher not in self.kbs:
-            raise ConfigError(f"settings.teacher: {self.teacher!r} is not one of the job's KBs ({', '.join(self.kbs)})")
+            raise ConfigError(f"strategy_settings.teacher: {self.teacher!r} is not one of the job's KBs ({', '.join(self.kbs)})")
+        self.pretrain = settings.pretrain(job)
 
     def plan(self, round_: int) -> RoundPlan:
-        if round_ < self.settings.pretrain:
+        if round_ < self.pretrain:
             return self.alone()
-        return RoundPlan((self.teacher,), tuple(kb for kb in self.kbs if kb != self.teacher))
+        students = tuple(kb for kb in self.kbs if kb != self.teacher)
+        return RoundPlan(tuple(self.settings.edge(self.teacher, s) for s in students), students)
 
 
 @STRATEGIES.register("sequential")
 class Sequential(Strategy):
     """The paper's "X distills ~X": after training alone, the KBs take turns as the frozen teacher."""
 
+    settings_model = PretrainSettings
+
+    def __init__(self, kbs: list[str], settings: PretrainSettings, job: JobSettings) -> None:
+        super().__init__(kbs, settings, job)
+        self.pretrain = settings.pretrain(job)
+
     def plan(self, round_: int) -> RoundPlan:
-        if round_ < self.settings.pretrain:
+        if round_ < self.pretrain:
             return self.alone()
-        teacher = self.kbs[(round_ - self.settings.pretrain) % len(self.kbs)]
-        return RoundPlan((teacher,), tuple(kb for kb in self.kbs if kb != teacher))
+        teacher = self.kbs[(round_ - self.pretrain) % len(self.kbs)]
+        students = tuple(kb for kb in self.kbs if kb != teacher)
+        return RoundPlan(tuple(self.settings.edge(teacher, s) for s in students), students)
 
 
-def make_strategy(name: str, kbs: list[str], settings: JobSettings) -> Strategy:
-    if len(kbs) < 1:
-        raise ConfigError("kbs: a job needs at least one KB")
-    if name != "none" and len(kbs) < 2:
-        raise ConfigError(f"kbs: strategy {name!r} needs at least two KBs")
-    return STRATEGIES.get(name)(kbs, settings)
+def validate_strategy_settings(name: str, raw: dict | StrategySettings | None) -> StrategySettings:
+    """The strategy's typed settings; errors name ``strategy`` or ``strategy_settings.<field>``."""
+    try:
+        strategy = STRATEGIES.get(name)
+    except ConfigError as error:
+        raise ConfigError(f"strategy: {error}") from None
+    if isinstance(raw, strategy.settings_model):
+        return raw
+    if isinstance(raw, StrategySettings):
+        raw = raw.model_dump(exclude_unset=True)
+    try:
+        return strategy.settings_model.model_validate(raw or {})
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, "strategy_settings")) from None
+
+
+def make_strategy(name: str, kbs: list[str], job: JobSettings, settings: dict | StrategySettings | None = None) -> Strategy:
+    """The named strategy over ``kbs``; a request it cannot serve is a :class:`ConfigError` naming the field."""
+    typed = validate_strategy_settings(name, settings)
+    strategy = STRATEGIES.get(name)
+    if len(kbs) < strategy.min_kbs:
+        raise ConfigError(f"kbs: strategy {name!r} needs at least {strategy.min_kbs} KBs, got {len(kbs)}")
+    return strategy(list(kbs), typed, job)

@@ -8,6 +8,7 @@ import uuid
 import ray
 
 from kdmkb.kb_worker.worker import KBWorker
+from kdmkb.kb_worker.worker_types import WorkerSettings
 from kdmkb.services.metrics import advertised_host, serve_metrics
 
 
@@ -36,13 +37,17 @@ class KBWorkerActor(KBWorker):
         return {"node_id": context.get_node_id(), "pid": os.getpid()}
 
 
-def spawn_worker(name: str, data_dir: str, worker_type: str, settings: dict, resource: str = "", namespace_prefix: str = "kdmkb") -> "ray.actor.ActorHandle":
+def spawn_worker(
+    name: str, data_dir: str, worker_type: str, settings: WorkerSettings, resource: str = "", type_options: dict | None = None, namespace_prefix: str = "kdmkb"
+) -> "ray.actor.ActorHandle":
     """Starts the KB's actor; it asks for no CPU so that several KBs can share a small node.
 
-    The actor name is unique per spawn: the KB's previous actor (re-registration, a failed
-    registration, another coordinator of this process) may still hold a name until Ray reaps it.
+    ``type_options`` are the worker type's own actor options (``WorkerType.actor_options``: a GPU
+    for ``device = "cuda"``). The actor name is unique per spawn: the KB's previous actor
+    (re-registration, a failed registration, another coordinator of this process) may still
+    hold a name until Ray reaps it.
     """
-    options: dict = {"num_cpus": 0, "name": f"{namespace_prefix}-kb-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}", "max_concurrency": 1}
+    options: dict = {"num_cpus": 0, "name": f"{namespace_prefix}-kb-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}", "max_concurrency": 1, **(type_options or {})}
     if resource:
         options["resources"] = {resource: 0.001}
     return ray.remote(KBWorkerActor).options(**options).remote(name, data_dir, worker_type, settings)

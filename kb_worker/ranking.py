@@ -2,6 +2,11 @@
 
 Ties count as the mean of the optimistic and the pessimistic rank, so a model that scores
 every entity alike gets the expected rank of a random guess, not rank 1.
+
+Ranking is exact (every entity scored by the model) or retrieve-then-rerank (a worker type's
+:class:`~kdmkb.kb_worker.worker_types.base.Ranking` names a retriever): the model re-scores the
+retriever's filtered top k, every other entity ties below them, and the metrics say so
+(``ranking`` = ``rerank@k(<retriever>)``, ``retriever_recall`` = the share of targets in the top k).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from kdmkb.kb_worker.worker_types.base import QueryKind
+from kdmkb.kb_worker.worker_types.base import QueryKind, Ranking
 
 HITS_AT = (1, 3, 10)
 
@@ -27,14 +32,16 @@ class RankingMetrics:
     hits_at_10: float
     num_queries: int
     seconds: float = 0.0
+    ranking: str = "exact"
+    retriever_recall: float | None = None  # rerank only: share of targets in the retriever's top k
 
     @classmethod
-    def from_ranks(cls, ranks: torch.Tensor, seconds: float = 0.0) -> "RankingMetrics":
+    def from_ranks(cls, ranks: torch.Tensor, seconds: float = 0.0, **how) -> "RankingMetrics":
         ranks = ranks.double()
         if ranks.numel() == 0:
             raise ValueError("no queries to rank")
         hits = {f"hits_at_{k}": float((ranks <= k).double().mean()) for k in HITS_AT}
-        return cls(mrr=float((1.0 / ranks).mean()), mr=float(ranks.mean()), num_queries=ranks.numel(), seconds=seconds, **hits)
+        return cls(mrr=float((1.0 / ranks).mean()), mr=float(ranks.mean()), num_queries=ranks.numel(), seconds=seconds, **hits, **how)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -85,18 +92,49 @@ def filtered_ranks(scores: torch.Tensor, targets: torch.Tensor, known_rows: torc
     return 1.0 + greater.double() + equal.double() / 2.0
 
 
+def reranked_scores(
+    score: Callable[[QueryKind, torch.Tensor, torch.Tensor], torch.Tensor],
+    ranking: Ranking,
+    kind: QueryKind,
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    known_rows: torch.Tensor,
+    known_entities: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``[q, n]`` of retrieve-then-rerank and whether each target was retrieved.
+
+    The retriever's top k is taken after filtering (another known answer takes no place in it);
+    ``score`` re-scores those k, and every other entity gets the lowest finite score, so that a
+    target outside the top k ties with the rest of the unfiltered entities.
+    """
+    retrieved = torch.nan_to_num(ranking.retriever(kind, queries).float(), nan=torch.finfo(torch.float32).min)
+    rows = torch.arange(queries.shape[0])
+    target_scores = retrieved[rows, targets].clone()
+    retrieved[known_rows, known_entities] = float("-inf")
+    retrieved[rows, targets] = target_scores
+    top = retrieved.topk(min(ranking.k, retrieved.shape[1]), dim=1).indices
+    scores = torch.full_like(retrieved, torch.finfo(torch.float32).min)
+    scores.scatter_(1, top, score(kind, queries, top).float())
+    return scores, (top == targets[:, None]).any(dim=1)
+
+
 def evaluate_ranking(
-    score_all: Callable[[QueryKind, torch.Tensor], torch.Tensor],
+    score: Callable[..., torch.Tensor],
     triples: np.ndarray,
     known: KnownAnswers,
     *,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    ranking: Ranking = Ranking(),
 ) -> RankingMetrics:
-    """Filtered ranks of every triple's tail (given head, relation) and head (given relation, tail)."""
+    """Filtered ranks of every triple's tail (given head, relation) and head (given relation, tail).
+
+    ``score(kind, queries)`` scores every entity; with a retriever in ``ranking``,
+    ``score(kind, queries, candidates)`` re-scores its top k.
+    """
     started = time.perf_counter()
     triples_t = torch.from_numpy(np.asarray(triples, dtype=np.int64))
-    ranks = []
+    ranks, retrieved = [], []
     with torch.no_grad():
         for start in range(0, triples_t.shape[0], batch_size):
             batch = triples_t[start : start + batch_size]
@@ -105,7 +143,13 @@ def evaluate_ranking(
                 (QueryKind.HEAD, batch[:, [1, 2]], batch[:, 0]),
             ):
                 rows, entities = known.pairs(kind, queries)
-                ranks.append(filtered_ranks(score_all(kind, queries), targets, rows, entities))
+                if ranking.retriever is None:
+                    scores = score(kind, queries).float().cpu()
+                else:
+                    scores, hit = reranked_scores(score, ranking, kind, queries, targets, rows, entities)
+                    retrieved.append(hit)
+                ranks.append(filtered_ranks(scores, targets, rows, entities))
             if progress is not None:
                 progress(batch.shape[0])
-    return RankingMetrics.from_ranks(torch.cat(ranks), seconds=time.perf_counter() - started)
+    recall = float(torch.cat(retrieved).double().mean()) if retrieved else None
+    return RankingMetrics.from_ranks(torch.cat(ranks), seconds=time.perf_counter() - started, ranking=ranking.label, retriever_recall=recall)

@@ -8,20 +8,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
 
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from kdmkb.services.config import JobFile
+from kdmkb.services.wire import to_struct
 
 TERMINAL_STATES = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_STOPPED}
 REPORT_KEYS = (("mrr", "mrr"), ("mr", "mr"), ("hits@1", "hits_at_1"), ("hits@3", "hits_at_3"), ("hits@10", "hits_at_10"))
-
-
-def struct(values: dict) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(values)
-    return message
 
 
 def state_name(state: int) -> str:
@@ -51,7 +45,7 @@ class CoordinatorClient:
         """Registers the job file's KBs (one worker each) and alignments."""
         for kb in job_file.kb:
             self.stub.RegisterKB(
-                pb.RegisterKBRequest(name=kb.name, data_dir=str(kb.data), worker_type=kb.worker_type, settings=struct(kb.settings), resource=kb.resource),
+                pb.RegisterKBRequest(name=kb.name, data_dir=str(kb.data), worker_type=kb.worker_type, settings=to_struct(kb.settings), resource=kb.resource),
                 timeout=self.timeout,
             )
         for alignment in job_file.alignment:
@@ -63,9 +57,17 @@ class CoordinatorClient:
             )
 
     def create_job(self, job_file: JobFile, strategy: str | None = None) -> pb.Job:
-        """Creates the job file's job over its already registered KBs (not started)."""
-        settings = json_format.MessageToDict(struct(job_file.job.model_dump(exclude_none=True)))
-        request = pb.CreateJobRequest(strategy=strategy or job_file.strategy, kbs=[kb.name for kb in job_file.kb], settings=struct(settings))
+        """Creates the job file's job over its already registered KBs (not started).
+
+        ``strategy`` overrides the file's; the file's strategy settings go with its own strategy only.
+        """
+        own = strategy in (None, job_file.strategy)
+        request = pb.CreateJobRequest(
+            strategy=job_file.strategy if own else strategy,
+            kbs=[kb.name for kb in job_file.kb],
+            settings=to_struct(job_file.job),
+            strategy_settings=to_struct(job_file.strategy_settings if own else {}),
+        )
         return self.stub.CreateJob(request, timeout=self.timeout).job
 
     def run(self, job_id: str, on_event: Callable[[pb.JobEvent], None] | None = None) -> pb.Job:

@@ -33,6 +33,16 @@ class DistillSettings(Strict):
     candidate_refresh_epochs: float = Field(
         4.0, ge=0, description="A teacher searches a query's top-k candidates again once its last search is this many epochs old (0: every visit)."
     )
+    combination: str = Field("mean-kl", description="How a student combines its teachers' soft labels (kb_worker/combining.py): mean-kl is the paper's eq. 5.")
+    combination_settings: dict = Field(default_factory=dict, description="Settings of the teacher combination.")
+
+    @model_validator(mode="after")
+    def _known_combination(self) -> "DistillSettings":
+        from kdmkb.kb_worker.combining import COMBINATIONS
+
+        combination = COMBINATIONS.get(self.combination)
+        self.combination_settings = combination.settings_model.model_validate(self.combination_settings).model_dump(exclude_unset=True)
+        return self
 
 
 class JobSettings(DistillSettings):
@@ -40,24 +50,9 @@ class JobSettings(DistillSettings):
 
     rounds: int = Field(30, gt=0, description="Rounds of the job; every KB's training budget is rounds x steps_per_round steps.")
     steps_per_round: int = Field(20, gt=0, description="Training steps of every KB per round; soft labels are exchanged once per round for all its steps.")
-    warmup_steps: int = Field(0, ge=0, description="Steps of training alone before any distillation.")
     seed: int = Field(0, description="Seed of model initialisation, batch order and negative sampling.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the valid split every N rounds (0: only at the end).")
     checkpoint_every: int = Field(10, ge=0, description="Checkpoint every worker every N rounds so a restarted coordinator resumes (0: never).")
-    pretrain_rounds: int | None = Field(
-        None, ge=0, description="one-way and sequential: rounds of training alone before teachers distil (default: half of rounds)."
-    )
-    teacher: str | None = Field(None, description="one-way: the frozen teacher KB (default: the job's first KB).")
-
-    @model_validator(mode="after")
-    def _pretrain_within_rounds(self) -> "JobSettings":
-        if self.pretrain_rounds is not None and self.pretrain_rounds >= self.rounds:
-            raise ValueError(f"pretrain_rounds ({self.pretrain_rounds}) must be smaller than rounds ({self.rounds})")
-        return self
-
-    @property
-    def pretrain(self) -> int:
-        return self.rounds // 2 if self.pretrain_rounds is None else self.pretrain_rounds
 
     def distill(self) -> DistillSettings:
         return DistillSettings(**{name: getattr(self, name) for name in DistillSettings.model_fields})
@@ -78,12 +73,27 @@ class AlignmentEntry(Strict):
 
 
 class JobFile(Strict):
-    """A TOML job file: ``[job]`` settings, ``[[kb]]`` entries and ``[[alignment]]`` entries."""
+    """A TOML job file: the strategy, ``[job]`` settings, ``[[kb]]`` entries and ``[[alignment]]`` entries.
 
-    strategy: str = Field("cooperative", description="none, one-way, sequential or cooperative.")
+    ``strategy`` is a name, or a ``[strategy]`` table with ``name`` and the strategy's own settings.
+    """
+
+    strategy: str = Field("cooperative", description="A registered strategy: none, one-way, sequential, cooperative.")
+    strategy_settings: dict = Field(default_factory=dict, description="The strategy's own settings (coordinator/strategies.py).")
     job: JobSettings = Field(default_factory=JobSettings)
     kb: list[KBEntry] = Field(min_length=1)
     alignment: list[AlignmentEntry] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_table(cls, raw):
+        """``[strategy]`` with ``name`` and settings becomes ``strategy`` and ``strategy_settings``."""
+        if isinstance(raw, dict) and isinstance(raw.get("strategy"), dict):
+            table = dict(raw["strategy"])
+            if "strategy_settings" in raw:
+                raise ValueError("give the strategy's settings in the [strategy] table or in strategy_settings, not both")
+            raw = {**raw, "strategy": table.pop("name", "cooperative"), "strategy_settings": table}
+        return raw
 
     @field_validator("kb")
     @classmethod

@@ -45,6 +45,7 @@ WORKER_SENT_BYTES = Counter("kdmkb_worker_soft_label_sent_bytes", "Bytes of Soft
 WORKER_RECEIVED_BYTES = Counter("kdmkb_worker_soft_label_received_bytes", "Bytes of SoftLabels messages the KB received as student from the peer.", PAIR_LABELS)
 WORKER_SENT_MESSAGES = Counter("kdmkb_worker_soft_label_sent_messages", "SoftLabels messages the KB sent as teacher to the peer.", PAIR_LABELS)
 WORKER_RECEIVED_MESSAGES = Counter("kdmkb_worker_soft_label_received_messages", "SoftLabels messages the KB received as student from the peer.", PAIR_LABELS)
+WORKER_QUERY_SENT_BYTES = Counter("kdmkb_worker_query_sent_bytes", "Bytes of Queries messages the KB sent as student to the peer (pull exchange).", PAIR_LABELS)
 
 # -- coordinator ------------------------------------------------------------------------------
 ROUND_SECONDS = Histogram(
@@ -54,6 +55,7 @@ ROUND_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 ROUTED_BYTES = Counter("kdmkb_coordinator_soft_label_routed_bytes", "Bytes of SoftLabels routed from teacher to student.", ("teacher", "student", "job"))
+ROUTED_QUERY_BYTES = Counter("kdmkb_coordinator_query_routed_bytes", "Bytes of Queries routed from student to teacher (pull exchange).", ("student", "teacher", "job"))
 JOB_ROUNDS = Gauge("kdmkb_coordinator_job_completed_rounds", "Rounds the job has completed.", ("job",))
 JOB_STATE = Gauge("kdmkb_coordinator_job_state", "The job's state: 1 for its current state, 0 for the others.", ("job", "state"))
 RPC_REQUESTS = Counter("kdmkb_coordinator_rpc_requests", "gRPC requests served, by method and status code.", ("method", "code"))

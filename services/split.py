@@ -17,7 +17,7 @@ import tomli_w
 from kdmkb.kb_worker.data import KnowledgeBase, load_kb
 from kdmkb.services.config import KB_NAME_PATTERN
 from kdmkb.services.errors import ConfigError
-from kdmkb.services.tsv import write_rows
+from kdmkb.services.tsv import find_file, write_rows
 
 ALIGN_CHOICES = (
     '"co-occurring", "all", a fraction in (0, 1] of the co-occurring entities such as "0.5", '
@@ -29,12 +29,17 @@ _RESERVED = {"alignments", "split.json"}
 
 @dataclass(frozen=True)
 class SplitSummary:
-    """What :func:`split_dataset` wrote; ``pair_counts`` maps ``(a, b)`` to (aligned entities, aligned relations)."""
+    """What :func:`split_dataset` wrote; ``pair_counts`` maps ``(a, b)`` to (aligned entities, aligned relations).
+
+    ``carried`` lists the dataset's text and feature files copied unchanged into every KB folder
+    (paths relative to it, such as ``features/image.npy``).
+    """
 
     out_dir: Path
     kb_names: tuple[str, ...]
     train_counts: dict[str, int]
     pair_counts: dict[tuple[str, str], tuple[int, int]]
+    carried: tuple[str, ...]
 
 
 def parse_align(align: str) -> float | str | tuple[str, float]:
@@ -111,13 +116,14 @@ def split_dataset(
     present = [np.bincount(train[:, [0, 2]].ravel(), minlength=len(kb.entities)) > 0 for train in trains]
     pairs = [(i, j, _aligned_entities(rule, present[i], present[j], rng)) for i, j in combinations(range(kbs), 2)]
 
+    carried = _carried_files(dataset_dir)
     target = out_dir.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     staging.mkdir()
     try:
-        _write(staging, kb, kb_names, trains, pairs)
-        provenance = _provenance(dataset_dir, seed, align, kb_names, trains, present, pairs, len(kb.relations))
+        _write(staging, kb, kb_names, trains, pairs, dataset_dir, carried)
+        provenance = _provenance(dataset_dir, seed, align, kb_names, trains, present, pairs, len(kb.relations), carried)
         (staging / "split.json").write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
         try:
             os.replace(staging, target)
@@ -131,7 +137,18 @@ def split_dataset(
         kb_names=kb_names,
         train_counts={name: len(train) for name, train in zip(kb_names, trains)},
         pair_counts={(kb_names[i], kb_names[j]): (len(aligned), len(kb.relations)) for i, j, aligned in pairs},
+        carried=carried,
     )
+
+
+def _carried_files(dataset_dir: Path) -> tuple[str, ...]:
+    """The dataset's text files and every file of its ``features/`` folder, relative to ``dataset_dir``.
+
+    Each split KB keeps the full vocabulary (see :func:`_write`), so these stay valid copied as they are.
+    """
+    texts = [find_file(dataset_dir, stem, required=False) for stem in ("entity_text", "relation_text")]
+    features = sorted(path for path in (dataset_dir / "features").rglob("*") if path.is_file())
+    return tuple(path.relative_to(dataset_dir).as_posix() for path in [*texts, *features] if path is not None)
 
 
 def _sample(ids: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -155,8 +172,8 @@ def _aligned_entities(rule: float | str | tuple[str, float], left: np.ndarray, r
     return np.sort(_sample(shared, rule, rng))
 
 
-def _write(root: Path, kb: KnowledgeBase, kb_names, trains, pairs) -> None:
-    """Writes every KB folder and the alignment files under ``root``."""
+def _write(root: Path, kb: KnowledgeBase, kb_names, trains, pairs, dataset_dir: Path, carried) -> None:
+    """Writes every KB folder (with copies of the ``carried`` files) and the alignment files under ``root``."""
     entities, relations = kb.entities.names, kb.relations.names
 
     def named(triples: np.ndarray):
@@ -172,6 +189,9 @@ def _write(root: Path, kb: KnowledgeBase, kb_names, trains, pairs) -> None:
         write_rows(folder / "test.tsv", named(kb.test))
         write_rows(folder / "entities.tsv", ((e,) for e in entities))
         write_rows(folder / "relations.tsv", ((r,) for r in relations))
+        for relative in carried:
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(dataset_dir / relative, folder / relative)
     (root / "alignments").mkdir()
     for i, j, aligned in pairs:
         stem = root / "alignments" / f"{kb_names[i]}__{kb_names[j]}"
@@ -179,7 +199,7 @@ def _write(root: Path, kb: KnowledgeBase, kb_names, trains, pairs) -> None:
         write_rows(stem.with_name(stem.name + ".relations.tsv"), ((r, r) for r in relations))
 
 
-def _provenance(dataset_dir: Path, seed, align, kb_names, trains, present, pairs, relation_count: int) -> dict:
+def _provenance(dataset_dir: Path, seed, align, kb_names, trains, present, pairs, relation_count: int, carried) -> dict:
     """The content of ``split.json``.
 
     Per pair, ``share`` is the fraction of the entities seen in either KB's train triples that
@@ -208,6 +228,7 @@ def _provenance(dataset_dir: Path, seed, align, kb_names, trains, present, pairs
         "kb_names": list(kb_names),
         "train_counts": {name: len(train) for name, train in zip(kb_names, trains)},
         "pairs": pair_records,
+        "carried": list(carried),
     }
 
 

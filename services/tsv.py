@@ -16,11 +16,14 @@ def open_text(path: Path):
     return path.open("r", encoding="utf-8", newline="")
 
 
-def read_rows(path: Path, columns: int, *, extra_columns: bool = False) -> Iterator[tuple[int, list[str]]]:
+def read_rows(
+    path: Path, columns: int, *, extra_columns: bool = False, last_may_be_empty: bool = False
+) -> Iterator[tuple[int, list[str]]]:
     """Yields ``(line_number, fields)`` for every non-blank line.
 
     A row must have exactly ``columns`` fields; with ``extra_columns`` it may have more, which
-    are dropped (vocabulary files may carry names or descriptions). Raises :class:`DataError`
+    are dropped (vocabulary files may carry names or descriptions). With ``last_may_be_empty``
+    the last field may be empty (an entity without a description). Raises :class:`DataError`
     on a wrong column count, an empty field, a non-UTF-8 byte or an empty file.
     """
     path = Path(path)
@@ -38,7 +41,7 @@ def read_rows(path: Path, columns: int, *, extra_columns: bool = False) -> Itera
                     expected = f"at least {columns}" if extra_columns else str(columns)
                     raise DataError(f"{path} line {number}: expected {expected} tab-separated columns, found {len(fields)}")
                 fields = fields[:columns]
-                if any(not field.strip() for field in fields):
+                if any(not field.strip() for field in (fields[:-1] if last_may_be_empty else fields)):
                     raise DataError(f"{path} line {number}: empty field")
                 seen = True
                 yield number, [field.strip() for field in fields]

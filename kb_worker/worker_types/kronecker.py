@@ -15,7 +15,7 @@
 
 All three scores are inner products of a *query vector* (``h o r``, the reconstructed
 ``h o (r (x) r)`` or ``sum(u) u``, then batch-norm, then dropout) with the raw tail entity vector,
-so ``score_all`` is one matrix product and ``top_candidates`` a faiss inner-product search.
+so scoring every entity is one matrix product and ``top_candidates`` a faiss inner-product search.
 
 Reciprocal relations: the model holds ``2 |R|`` relation vectors; relation ``r + |R|`` is the
 inverse of ``r``. A head query ``(?, r, t)`` is answered as the tail query ``(t, r^-1, ?)``, and
@@ -24,7 +24,7 @@ every training triple ``(h, r, t)`` is also trained as ``(t, r^-1, h)``. A relat
 
 Batch-norm: ``train_loss`` normalises with the batch's statistics and updates the running ones;
 in eval mode (teaching, evaluation, prediction) every scoring method uses the running statistics,
-so ``score_candidates``, ``score_all`` and ``top_candidates`` agree. ``score_candidates`` in train
+so ``score`` (of given candidates or of every entity) and ``top_candidates`` agree. ``score`` in train
 mode (the student side of distillation) normalises with the statistics of its own KD batch but
 leaves the running statistics alone: relation queries score every candidate relation of a pair,
 a distribution unlike the (entity, relation) queries that ranking sees. A one-row batch in train
@@ -192,8 +192,8 @@ class ReciprocalWorker(WorkerType):
 
     def __init__(self, kb: KnowledgeBase, settings: ReciprocalSettings) -> None:
         super().__init__(kb, settings)
-        self.model = self.model_class(self.num_entities, self.num_relations, settings)
-        train = torch.from_numpy(kb.train)
+        self.model = self.model_class(self.num_entities, self.num_relations, settings).to(self.device)
+        train = torch.from_numpy(kb.train).to(self.device)
         heads, relations, tails = train.unbind(dim=1)
         # Every training answer as a sorted key (given * 2|R| + relation) * |E| + answer, inverse
         # triples included: a query's answers are one contiguous run (CSR without the offsets).
@@ -228,8 +228,12 @@ class ReciprocalWorker(WorkerType):
         return self.model.query(self.model.entity(given), self.model.relation(relation))
 
     # -- scoring -------------------------------------------------------------------------
-    def score_candidates(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def score(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         model = self.model
+        if candidates is None and kind != QueryKind.RELATION:
+            return self._queries(kind, queries) @ model.entity.weight.T
+        if candidates is None:
+            candidates = torch.arange(self.num_relations, device=queries.device).expand(queries.shape[0], -1)
         if kind == QueryKind.RELATION:
             heads, tails = self._entity_rows(queries[:, 0], queries[:, 1])
             vectors = model.query(heads[:, None, :], model.relation(candidates))  # [q, c, D]
@@ -239,14 +243,11 @@ class ReciprocalWorker(WorkerType):
         vectors = model.query(given_rows, model.relation(relation))  # [q, D]
         return torch.einsum("qd,qcd->qc", vectors, keys)
 
-    def score_all(self, kind: QueryKind, queries: torch.Tensor) -> torch.Tensor:
-        return self._queries(kind, queries) @ self.model.entity.weight.T
-
     def top_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
         """faiss inner-product top-k: the score is exactly ``<query vector, entity vector>``."""
         k = min(k, pool.numel())
         with torch.no_grad():
-            return self._index.search(self.model.entity.weight, pool, lambda rows: rows, self._queries(kind, queries), k)
+            return self._index.search(self.model.entity.weight, pool, lambda rows: rows, self._queries(kind, queries), k, version=self.updates)
 
 
     # -- training ------------------------------------------------------------------------
@@ -257,8 +258,8 @@ class ReciprocalWorker(WorkerType):
         start = torch.searchsorted(keys, first)
         stop = torch.searchsorted(keys, first + self.num_entities)
         counts = stop - start
-        rows = torch.repeat_interleave(torch.arange(given.numel()), counts)
-        offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        rows = torch.repeat_interleave(torch.arange(given.numel(), device=given.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=given.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
         return rows, keys[torch.repeat_interleave(start, counts) + offsets] % self.num_entities
 
     def _is_answer(self, given: torch.Tensor, relation: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
@@ -273,7 +274,7 @@ class ReciprocalWorker(WorkerType):
         relation = torch.cat([relations, relations + self.num_relations])
         targets = torch.cat([tails, heads])
         if settings.regime == "negative-sampling":
-            negatives = torch.randint(self.num_entities, (given.numel(), settings.negatives))
+            negatives = torch.randint(self.num_entities, (given.numel(), settings.negatives), device=given.device)
             given_rows, target_rows, negative_rows = self._entity_rows(given, targets, negatives)
             vectors = model.query(given_rows, model.relation(relation), track=True)
             positive = (vectors * target_rows).sum(-1)
@@ -290,7 +291,7 @@ class ReciprocalWorker(WorkerType):
         if settings.regime == "KvsAll":
             labels[self.answers(given, relation)] = 1.0
         else:  # 1vsAll
-            labels[torch.arange(targets.numel()), targets] = 1.0
+            labels[torch.arange(targets.numel(), device=targets.device), targets] = 1.0
         if settings.label_relaxation:
             return relaxation_loss(logits, labels, settings.label_relaxation)
         if settings.label_smoothing:
@@ -302,8 +303,8 @@ class ReciprocalWorker(WorkerType):
         relation = self.model.relation.weight.detach()
         forward, inverse = relation[: self.num_relations], relation[self.num_relations :]
         return {
-            "entity": self.model.entity.weight.detach().numpy().astype(np.float32),
-            "relation": torch.cat([forward, inverse], dim=1).numpy().astype(np.float32),
+            "entity": self.model.entity.weight.detach().cpu().numpy().astype(np.float32),
+            "relation": torch.cat([forward, inverse], dim=1).cpu().numpy().astype(np.float32),
         }
 
 

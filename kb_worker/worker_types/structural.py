@@ -157,8 +157,8 @@ class StructuralWorker(WorkerType):
 
     def __init__(self, kb: KnowledgeBase, settings: StructuralSettings) -> None:
         super().__init__(kb, settings)
-        self.model = self.model_class(self.num_entities, self.num_relations, settings)
-        train = torch.from_numpy(kb.train)
+        self.model = self.model_class(self.num_entities, self.num_relations, settings).to(self.device)
+        train = torch.from_numpy(kb.train).to(self.device)
         self._train_keys = torch.sort(self._triple_keys(train[:, 0], train[:, 1], train[:, 2])).values
         self._index = PoolIndex(RETRIEVAL[self.model.metric])
 
@@ -204,11 +204,12 @@ class StructuralWorker(WorkerType):
             vectors = model.head_query(model.relation(queries[:, 0]), given)
         return matched_scores(vectors[:, None, :], model.key(keys), model.metric)
 
-    def score_candidates(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def score(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        if candidates is None and kind != QueryKind.RELATION:
+            return all_pairs_scores(self._queries(kind, queries), self.model.key(self.model.entity.weight), self.model.metric)
+        if candidates is None:
+            candidates = torch.arange(self.num_relations, device=queries.device).expand(queries.shape[0], -1)
         return self._scores_of_rows(kind, queries, candidates, self._entity_rows(*self._scored_entities(kind, queries, candidates)))
-
-    def score_all(self, kind: QueryKind, queries: torch.Tensor) -> torch.Tensor:
-        return all_pairs_scores(self._queries(kind, queries), self.model.key(self.model.entity.weight), self.model.metric)
 
     def top_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
         """faiss top-k; for L1 and RotatE, the exact top-k of an L2 shortlist of ``RERANK_FACTOR * k``."""
@@ -216,10 +217,10 @@ class StructuralWorker(WorkerType):
         k = min(k, pool.numel())
         with torch.no_grad():
             size = k if exact else min(pool.numel(), RERANK_FACTOR * k)
-            shortlist = self._index.search(self.model.entity.weight, pool, self.model.key, self._queries(kind, queries), size)
+            shortlist = self._index.search(self.model.entity.weight, pool, self.model.key, self._queries(kind, queries), size, version=self.updates)
             if exact:
                 return shortlist
-            best = self.score_candidates(kind, queries, shortlist).topk(k, dim=1).indices
+            best = self.score(kind, queries, shortlist).topk(k, dim=1).indices
             return shortlist.gather(1, best)
 
     # -- training ----------------------------------------------------------------------
@@ -238,7 +239,7 @@ class StructuralWorker(WorkerType):
         model = self.model
         heads, relations, tails = batch.unbind(dim=1)
         size = batch.shape[0]
-        negatives = torch.randint(self.num_entities, (size, settings.negatives))
+        negatives = torch.randint(self.num_entities, (size, settings.negatives), device=batch.device)
         wanted = [ids for request in requests for ids in self._scored_entities(*request)]
         head_vectors, tail_vectors, negative_vectors, *scored_rows = self._entity_rows(heads, tails, negatives, *wanted)
         scores = [self._scores_of_rows(*request, scored_rows[2 * i : 2 * i + 2]) for i, request in enumerate(requests)]
@@ -246,7 +247,7 @@ class StructuralWorker(WorkerType):
         tail_queries = model.tail_query(head_vectors, relation_vectors)
         positive = matched_scores(tail_queries, model.key(tail_vectors), model.metric)
 
-        corrupt_tail = torch.rand(size) < 0.5
+        corrupt_tail = torch.rand(size, device=batch.device) < 0.5
         queries = torch.where(corrupt_tail[:, None], tail_queries, model.head_query(relation_vectors, tail_vectors))
         negative = matched_scores(queries[:, None, :], model.key(negative_vectors), model.metric)
         with torch.no_grad():
@@ -267,8 +268,8 @@ class StructuralWorker(WorkerType):
 
     def embeddings(self) -> dict[str, np.ndarray]:
         return {
-            "entity": self.model.entity.weight.detach().numpy().astype(np.float32),
-            "relation": self.model.relation.weight.detach().numpy().astype(np.float32),
+            "entity": self.model.entity.weight.detach().cpu().numpy().astype(np.float32),
+            "relation": self.model.relation.weight.detach().cpu().numpy().astype(np.float32),
         }
 
 

@@ -19,7 +19,7 @@ import ray
 
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
-from kdmkb.services.client import struct
+from kdmkb.services.wire import to_struct as struct
 from kdmkb.services.datasets import dataset_dir
 from kdmkb.services.split import SplitSummary, split_dataset
 

@@ -35,7 +35,7 @@ def test_register_kbs_reports_their_sizes(stub, registered, nations_split, kb_na
 
 
 def test_register_kb_is_idempotent(stub, registered, nations_split, kb_names, worker_settings):
-    from kdmkb.services.client import struct
+    from kdmkb.services.wire import to_struct as struct
 
     name = kb_names[0]
     again = stub.RegisterKB(
@@ -236,7 +236,7 @@ def test_watch_ends_with_the_terminal_event_even_for_a_slow_consumer(coordinator
 
 def test_concurrent_clients_are_served_during_a_job(stub, registered, kb_names, job_settings, grpc_address):
     """The server answers other RPCs (and a second watcher) while a job runs and is watched."""
-    from kdmkb.services.client import struct
+    from kdmkb.services.wire import to_struct as struct
 
     job = stub.CreateJob(pb.CreateJobRequest(strategy="cooperative", kbs=list(kb_names), settings=struct({**job_settings, "rounds": 4})), timeout=TIMEOUT).job
     assert job.state == pb.JOB_STATE_CREATED and job.round == 0 and job.total_rounds == 4
@@ -260,7 +260,7 @@ def test_concurrent_clients_are_served_during_a_job(stub, registered, kb_names, 
 
 def test_a_running_job_keeps_its_kbs_and_can_be_stopped(stub, registered, kb_names, nations_split, worker_settings, job_settings):
     """While a job runs its KBs are busy (no other job, no re-registration); StopJob ends it as STOPPED."""
-    from kdmkb.services.client import struct
+    from kdmkb.services.wire import to_struct as struct
 
     left, right = kb_names
     long = stub.CreateJob(pb.CreateJobRequest(strategy="cooperative", kbs=[left, right], settings=struct({**job_settings, "rounds": 500})), timeout=TIMEOUT).job
@@ -299,11 +299,14 @@ def test_a_running_job_keeps_its_kbs_and_can_be_stopped(stub, registered, kb_nam
 @pytest.mark.parametrize("strategy", ["none", "one-way", "sequential"])
 def test_each_strategy_exchanges_in_its_own_directions(stub, registered, kb_names, job_settings, strategy):
     """none: nothing is sent; one-way: only the teacher (the first KB) sends and stops training; sequential: both send."""
-    from kdmkb.services.client import struct
+    from kdmkb.services.wire import to_struct as struct
 
     left, right = kb_names
-    settings = {**job_settings, "rounds": 3, "pretrain_rounds": 1, "eval_every": 0}
-    job = stub.CreateJob(pb.CreateJobRequest(strategy=strategy, kbs=[left, right], settings=struct(settings)), timeout=TIMEOUT).job
+    settings = {**job_settings, "rounds": 3, "eval_every": 0}
+    strategy_settings = {} if strategy == "none" else {"pretrain_rounds": 1}
+    request = pb.CreateJobRequest(strategy=strategy, kbs=[left, right], settings=struct(settings), strategy_settings=struct(strategy_settings))
+    job = stub.CreateJob(request, timeout=TIMEOUT).job
+    assert dict(job.strategy_settings) == strategy_settings
     stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
     events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED, events[-1].message
@@ -319,7 +322,7 @@ def test_each_strategy_exchanges_in_its_own_directions(stub, registered, kb_name
     elif strategy == "one-way":
         assert sent[left] > 0 and received[left] == 0
         assert sent[right] == 0 and received[right] == sent[left]
-        assert steps == {left: settings["pretrain_rounds"] * settings["steps_per_round"], right: full}  # the teacher is frozen
+        assert steps == {left: strategy_settings["pretrain_rounds"] * settings["steps_per_round"], right: full}  # the teacher is frozen
         assert job.progress[right].kd_loss > 0
     else:
         assert sent[left] > 0 and sent[right] > 0
@@ -327,9 +330,30 @@ def test_each_strategy_exchanges_in_its_own_directions(stub, registered, kb_name
     assert set(job.test_metrics) == set(kb_names)
 
 
+@pytest.mark.parametrize("candidates", ["top-k", "listed", "all"])
+def test_pull_exchange_sends_queries_and_learns_from_the_answers(stub, registered, kb_names, job_settings, candidates):
+    """Cooperative by pull: each student asks about its own batches, each teacher answers; every byte is metered."""
+    from kdmkb.services.wire import to_struct as struct
+
+    left, right = kb_names
+    settings = {**job_settings, "rounds": 2, "eval_every": 0}
+    request = pb.CreateJobRequest(
+        strategy="cooperative", kbs=[left, right], settings=struct(settings), strategy_settings=struct({"exchange": "pull", "candidates": candidates})
+    )
+    job = stub.CreateJob(request, timeout=TIMEOUT).job
+    stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED, events[-1].message
+    progress = stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=TIMEOUT).job.progress
+    for kb, peer in ((left, right), (right, left)):
+        assert progress[kb].query_bytes_sent > 0 and progress[kb].query_bytes_sent == progress[peer].query_bytes_received
+        assert progress[kb].soft_label_bytes_sent > 0 and progress[kb].soft_label_bytes_sent == progress[peer].soft_label_bytes_received
+        assert progress[kb].kd_loss > 0 and progress[kb].steps == settings["rounds"] * settings["steps_per_round"]
+
+
 def test_export_of_wide_embeddings_fits_default_client_limits(stub, registered, nations_split, kb_names):
     """Default chunks of wide embeddings stay under the 4 MB a default gRPC client accepts (55 x 20000 floats is 4.4 MB)."""
-    from kdmkb.services.client import struct
+    from kdmkb.services.wire import to_struct as struct
 
     dim = 20_000
     stub.RegisterKB(

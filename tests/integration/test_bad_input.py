@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from kdmkb.services.client import struct
+from kdmkb.services.wire import to_struct as struct
 
 TIMEOUT = 120.0
 INVALID, NOT_FOUND, PRECONDITION = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
@@ -182,7 +182,7 @@ CASES = [
     ("job-no-kbs", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[]), INVALID, ["kbs", "empty"]),
     ("job-duplicate-kbs", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, s.left]), INVALID, ["kbs", "twice"]),
     ("job-unknown-kb", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, "nope"]), NOT_FOUND, ["kbs[1]", "'nope'"]),
-    ("job-one-kb-cooperative", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left]), INVALID, ["kbs", "at least two"]),
+    ("job-one-kb-cooperative", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left]), INVALID, ["kbs", "at least 2 KBs"]),
     ("job-zero-rounds", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, s.right], settings=struct({"rounds": 0})), INVALID, ["settings.rounds"]),
     ("job-alpha-2", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, s.right], settings=struct({"alpha": 2})), INVALID, ["settings.alpha"]),
     ("job-top-k-0", "CreateJob", lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, s.right], settings=struct({"top_k": 0})), INVALID, ["settings.top_k"]),
@@ -204,9 +204,30 @@ CASES = [
     (
         "job-foreign-teacher",
         "CreateJob",
-        lambda s: pb.CreateJobRequest(strategy="one-way", kbs=[s.left, s.right], settings=struct({"teacher": "fresh"})),
+        lambda s: pb.CreateJobRequest(strategy="one-way", kbs=[s.left, s.right], strategy_settings=struct({"teacher": "fresh"})),
         INVALID,
-        ["settings.teacher", "'fresh'"],
+        ["strategy_settings.teacher", "'fresh'"],
+    ),
+    (
+        "job-setting-of-another-strategy",
+        "CreateJob",
+        lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, s.right], strategy_settings=struct({"teacher": s.left})),
+        INVALID,
+        ["strategy_settings.teacher", "Extra inputs"],
+    ),
+    (
+        "job-unknown-exchange",
+        "CreateJob",
+        lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, s.right], strategy_settings=struct({"exchange": "telepathy"})),
+        INVALID,
+        ["strategy_settings.exchange"],
+    ),
+    (
+        "job-unknown-combination",
+        "CreateJob",
+        lambda s: pb.CreateJobRequest(strategy="cooperative", kbs=[s.left, s.right], settings=struct({"combination": "vote"})),
+        INVALID,
+        ["settings", "unknown teacher combination 'vote'", "mean-kl"],
     ),
     # -- jobs by id ----------------------------------------------------------------------------
     ("get-unknown-job", "GetJob", lambda s: pb.GetJobRequest(job_id="nope"), NOT_FOUND, ["job_id", "'nope'"]),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kdmkb.coordinator.alignment import PairAlignment, build_pair, merge
-from kdmkb.kb_worker import soft_labels
+from kdmkb.kb_worker import exchange
 from kdmkb.kb_worker.worker import KBWorker
 from kdmkb.kb_worker.worker_types import QueryKind
 from kdmkb.services.datasets import dataset_dir
@@ -62,7 +62,7 @@ def test_soft_labels_carry_aligned_ids_only(partial):
     teacher = partial["workers"]["a"]
     stats, payload = teacher.teach(7, STEPS, ["b"])
     assert stats["bytes"] == {"b": len(payload)} and len(payload) > 0
-    lesson = soft_labels.decode(payload)
+    lesson = exchange.decode(payload)
     assert (lesson.job_id, lesson.round, lesson.teacher, lesson.student) == ("job-x", 7, "a", "b")
 
     entities, relations = _shared_ids(partial)
@@ -104,12 +104,12 @@ def test_soft_labels_name_only_the_students_shared_ids(partial, tmp_path):
     teacher.configure("job-y", 0, DISTILL, views["a"])
     _, to_b, to_c = teacher.teach(0, STEPS, ["b", "c"])
     ids_c = {views["a"].entities[x] for x in few}
-    for block in soft_labels.decode(to_c).blocks:
+    for block in exchange.decode(to_c).blocks:
         if block.kind != QueryKind.RELATION:
             assert set(block.candidates.ravel().tolist()) <= ids_c
     entity_ids_b = {views["a"].entities[x] for x, _ in partial["pair"].entities}
     seen_b = set()
-    for block in soft_labels.decode(to_b).blocks:
+    for block in exchange.decode(to_b).blocks:
         if block.kind != QueryKind.RELATION:
             seen_b |= set(block.candidates.ravel().tolist())
     assert seen_b <= entity_ids_b and seen_b - ids_c, "b shares more entities with a than c does"
@@ -138,10 +138,85 @@ def test_payload_with_an_unshared_id_is_refused(partial):
     student = partial["workers"]["b"]
     entities, relations = _shared_ids(partial)
     foreign = max(entities | relations) + 100
-    block = soft_labels.Block(QueryKind.TAIL, 0, np.array([[min(entities), min(relations)]]), np.array([[min(entities), foreign]]), np.zeros((1, 2), np.float32))
-    payload = soft_labels.encode(soft_labels.Lesson("job-x", 0, "a", "b", (block,)))
+    block = exchange.SoftLabelBlock(QueryKind.TAIL, 0, np.array([[min(entities), min(relations)]]), np.array([[min(entities), foreign]]), np.zeros((1, 2), np.float32))
+    payload = exchange.encode(exchange.SoftLabels("job-x", 0, "a", "b", (block,)))
     with pytest.raises(DataError, match=f"alignment id {foreign}"):
         student.train(0, STEPS, payload)
+
+
+# -- pull: a student's queries, a teacher's answer ------------------------------------------------
+@pytest.mark.parametrize("rule", ["top-k", "listed", "all"])
+def test_queries_and_answers_carry_aligned_ids_only(partial, rule):
+    """b asks a about b's own batches; both messages name only ids a and b share, and the answer is a's logits."""
+    import torch
+
+    teacher, student = partial["workers"]["a"], partial["workers"]["b"]
+    entities, relations = _shared_ids(partial)
+    stats, payload = student.ask(11, STEPS, "a", rule)
+    assert stats["bytes"] == len(payload) > 0
+    asked = exchange.decode_queries(payload)
+    assert (asked.job_id, asked.round, asked.student, asked.teacher, asked.top_k) == ("job-x", 11, "b", "a", DISTILL["top_k"])
+    columns = {QueryKind.TAIL: (entities, relations), QueryKind.HEAD: (relations, entities), QueryKind.RELATION: (entities, entities)}
+    assert {block.kind for block in asked.blocks} == set(QueryKind)
+    for block in asked.blocks:
+        first, second = columns[block.kind]
+        assert set(block.queries[:, 0].tolist()) <= first and set(block.queries[:, 1].tolist()) <= second
+        assert (block.candidates is not None) == (rule == "listed")
+        if block.candidates is not None:
+            assert set(block.candidates.ravel().tolist()) <= (relations if block.kind == QueryKind.RELATION else entities)
+
+    stats, answer = teacher.answer(payload)
+    assert stats["bytes"] == len(answer) and stats["student"] == "b"
+    labels = exchange.decode(answer)
+    assert (labels.teacher, labels.student, labels.round) == ("a", "b", 11)
+    asked_by_step = {(b.kind, b.step): b for b in asked.blocks}
+    alignment = teacher.alignment
+    for block in labels.blocks:
+        question = asked_by_step[block.kind, block.step]
+        np.testing.assert_array_equal(block.queries, question.queries)  # the student's own queries, answered in order
+        pool = relations if block.kind == QueryKind.RELATION else entities
+        assert set(block.candidates.ravel().tolist()) <= pool
+        if rule == "listed":
+            np.testing.assert_array_equal(block.candidates, question.candidates)
+        if rule == "all" or block.kind == QueryKind.RELATION:
+            assert all(set(row) == pool for row in block.candidates.tolist())
+        with torch.no_grad():  # the scores are the teacher's own model on its local ids
+            teacher.model.modules().eval()
+            local = alignment.local_queries(block.kind, block.queries, "b"), alignment.local_candidates(block.kind, block.candidates, "b")
+            expected = teacher.model.score(block.kind, *local)
+            teacher.model.modules().train()
+        np.testing.assert_allclose(block.scores, expected.numpy(), rtol=1e-5, atol=1e-5)
+    result = student.train(11, STEPS, answer)
+    assert result["kd_loss"] > 0 and np.isfinite(result["loss"])
+
+
+def test_a_teacher_answers_only_what_it_shares_with_the_asking_student(partial, tmp_path):
+    """c shares three entities with a; queries from c about what a shares only with b are refused, as are misrouted ones."""
+    out = partial["summary"].out_dir
+    few = [x for x, _ in partial["pair"].entities][:3]
+    path = tmp_path / "a__c.entities.tsv"
+    path.write_text("".join(f"{x}\t{x}\n" for x in few), encoding="utf-8")
+    c = KBWorker("c", out / "b", "transe", SETTINGS)
+    vocabularies = {**partial["vocabularies"], "c": c.vocabulary()}
+    views = merge(["a", "b", "c"], [partial["pair"], build_pair("a", "c", vocabularies["a"], vocabularies["c"], str(path), "")])
+    teacher = KBWorker("a", out / "a", "transe", SETTINGS)
+    teacher.configure("job-z", 0, DISTILL, views["a"])
+    b = KBWorker("b", out / "b", "transe", SETTINGS)
+    b.configure("job-z", 1, DISTILL, views["b"])
+    _, from_b = b.ask(0, STEPS, "a", "top-k")
+    asked = exchange.decode_queries(from_b)
+    assert any(block.kind == QueryKind.TAIL for block in asked.blocks)
+    # the same queries, claimed by c: a shares their entities with b, not (all of them) with c
+    as_c = exchange.encode_queries(exchange.Queries("job-z", 0, "c", "a", asked.rule, asked.top_k, asked.blocks))
+    with pytest.raises(DataError, match="does not share with it"):
+        teacher.answer(as_c)
+    with pytest.raises(DataError, match="routed"):
+        b.answer(from_b)  # a's queries sent to b itself
+    stranger = exchange.encode_queries(exchange.Queries("job-z", 0, "d", "a", asked.rule, asked.top_k, ()))
+    with pytest.raises(DataError, match="shares nothing with 'd'"):
+        teacher.answer(stranger)
+    with pytest.raises(DataError, match="top-k of 0"):
+        teacher.answer(exchange.encode_queries(exchange.Queries("job-z", 0, "b", "a", exchange.TEACHER_TOP_K, 0, ())))
 
 
 # -- merging pairwise alignments ------------------------------------------------------------------

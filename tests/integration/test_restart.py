@@ -185,11 +185,11 @@ def test_a_bad_checkpoint_raises_and_changes_nothing(trained_worker, tmp_path, d
     trained_worker.save(tmp_path / "ck")
     path = tmp_path / "ck" / CHECKPOINT_FILE
     trained_worker.train(1, 3)
-    before, step, model, optimizer = _weights(trained_worker), trained_worker.step, trained_worker.model, trained_worker.optimizer
+    before, step, model, student = _weights(trained_worker), trained_worker.step, trained_worker.model, trained_worker.student
     damage(path)
     with pytest.raises(DataError, match=message):
         trained_worker.load(tmp_path / "ck")
-    assert trained_worker.step == step and trained_worker.model is model and trained_worker.optimizer is optimizer
+    assert trained_worker.step == step and trained_worker.model is model and trained_worker.student is student
     for kind, vectors in _weights(trained_worker).items():
         np.testing.assert_array_equal(vectors, before[kind])
 

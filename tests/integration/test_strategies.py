@@ -25,8 +25,8 @@ def three_kbs(ray_session, tmp_path_factory):
     coordinator.shutdown()
 
 
-def run(coordinator, strategy, kbs, **settings):
-    job = coordinator.create_job(strategy, kbs, {"rounds": ROUNDS, "steps_per_round": STEPS, "pretrain_rounds": PRETRAIN, "checkpoint_every": 0, **settings})
+def run(coordinator, strategy, kbs, strategy_settings):
+    job = coordinator.create_job(strategy, kbs, {"rounds": ROUNDS, "steps_per_round": STEPS, "checkpoint_every": 0}, strategy_settings)
     coordinator.start_job(job.job_id)
     job = coordinator.wait(job.job_id, timeout=300)
     assert job.state == "SUCCEEDED", job.error
@@ -39,15 +39,19 @@ def run(coordinator, strategy, kbs, **settings):
     [
         # steps each KB trained; whether each KB received soft labels
         ("none", {}, {"s1": 20, "s2": 20, "s3": 20}, {"s1": False, "s2": False, "s3": False}),
-        ("one-way", {"teacher": "s2"}, {"s1": 20, "s2": 10, "s3": 20}, {"s1": True, "s2": False, "s3": True}),
-        ("sequential", {}, {"s1": 15, "s2": 15, "s3": 20}, {"s1": True, "s2": True, "s3": True}),
+        ("one-way", {"teacher": "s2", "pretrain_rounds": PRETRAIN}, {"s1": 20, "s2": 10, "s3": 20}, {"s1": True, "s2": False, "s3": True}),
+        ("one-way", {"teacher": "s2", "pretrain_rounds": PRETRAIN, "exchange": "pull"}, {"s1": 20, "s2": 10, "s3": 20}, {"s1": True, "s2": False, "s3": True}),
+        ("sequential", {"pretrain_rounds": PRETRAIN}, {"s1": 15, "s2": 15, "s3": 20}, {"s1": True, "s2": True, "s3": True}),
         ("cooperative", {}, {"s1": 20, "s2": 20, "s3": 20}, {"s1": True, "s2": True, "s3": True}),
+        ("cooperative", {"exchange": "pull", "candidates": "all"}, {"s1": 20, "s2": 20, "s3": 20}, {"s1": True, "s2": True, "s3": True}),
     ],
 )
 def test_strategy_roles(three_kbs, strategy, settings, steps, receives):
     coordinator, kbs = three_kbs
-    job = run(coordinator, strategy, kbs, **settings)
+    job = run(coordinator, strategy, kbs, settings)
     assert {kb: p["steps"] for kb, p in job.progress.items()} == steps
     assert {kb: p["soft_label_bytes_received"] > 0 for kb, p in job.progress.items()} == receives
     sent = sum(p["soft_label_bytes_sent"] for p in job.progress.values())
     assert sent == sum(p["soft_label_bytes_received"] for p in job.progress.values())
+    pull = settings.get("exchange") == "pull"
+    assert {kb: p["query_bytes_sent"] > 0 for kb, p in job.progress.items()} == (receives if pull else dict.fromkeys(kbs, False))

@@ -57,28 +57,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def check_score_all(worker, num_entities: int, num_relations: int, *, batch_independent: bool) -> None:
-    """``score_all`` equals ``score_candidates`` over every entity, for head and tail queries of every
-    (entity, relation) pair, and refuses relation queries. ``batch_independent`` also scores the
-    queries one by one (a model in eval mode must not depend on its batch)."""
-    queries = torch.tensor([(a, r) for a in range(num_entities) for r in range(num_relations)])
-    everyone = torch.arange(num_entities).expand(queries.shape[0], -1)
-    for kind, q in ((QueryKind.TAIL, queries), (QueryKind.HEAD, queries[:, [1, 0]])):
-        with torch.no_grad():
-            got = worker.score_all(kind, q)
-            expected = worker.score_candidates(kind, q, everyone)
-            if batch_independent:
-                one_by_one = torch.cat([worker.score_candidates(kind, q[i : i + 1], everyone[:1]) for i in range(q.shape[0])])
-                torch.testing.assert_close(one_by_one, expected, atol=1e-5, rtol=1e-5)
-        assert got.shape == (queries.shape[0], num_entities)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError):
-        worker.score_all(QueryKind.RELATION, queries)
-
-
-@pytest.fixture
-def score_all_contract():
-    """The :func:`check_score_all` check, as a fixture."""
-    return check_score_all

@@ -1,4 +1,4 @@
-"""load_kb on temporary KB folders: vocabularies, ids, gzip, and every malformed input."""
+"""load_kb on temporary KB folders: vocabularies, ids, gzip, texts, feature matrices, and every malformed input."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def test_vocabulary_from_triples_in_order_of_first_appearance(tmp_path):
     assert names(kb, "test") == [("e", "r3", "a")]
     assert kb.known_triples().shape == (4, 3)
     assert kb.entities.index["d"] == 3
+    assert kb.entity_text is None and kb.relation_text is None and kb.features == {}
 
 
 def test_vocabulary_files_fix_the_order_and_may_list_more(tmp_path):
@@ -88,12 +89,71 @@ def test_string_path_and_packaged_dataset():
     kb = load_kb(str(Path(__file__).parents[2] / "services" / "datasets" / "umls"))
     assert len(kb.entities) == 135 and len(kb.relations) == 46
     assert len(kb.train) == 5216 and len(kb.valid) == 652 and len(kb.test) == 661
+    assert kb.entity_text.present.all() and kb.relation_text.present.all()
+    assert kb.entity_text.names[kb.entities.index["age_group"]] == "age group"
+    assert kb.relation_text.texts[kb.relations.index["adjacent_to"]] == "adjacent to"
 
 
 def test_unknown_split_name(tmp_path):
     kb = load_kb(make_kb_folder(tmp_path / "kb"))
     with pytest.raises(DataError, match="unknown split 'dev'"):
         kb.split("dev")
+
+
+# -- texts and features ----------------------------------------------------------------------------
+def save_features(folder: Path, modality: str, values, row_ids: str | None = None) -> Path:
+    (folder / "features").mkdir(exist_ok=True)
+    path = folder / "features" / f"{modality}.npy"
+    np.save(path, np.asarray(values))
+    if row_ids is not None:
+        write(folder / "features", f"{modality}.entities.tsv", row_ids)
+    return path
+
+
+def test_texts_are_aligned_with_local_ids_and_missing_rows_flagged(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb", entities="e\nd\nc\nb\na\n")
+    # "d" has no row; "b" has an empty description; the file's order is not the vocabulary's.
+    write(folder, "entity_text.tsv", "a\tApple\tA fruit.\nb\tBanana\t\nc\tCherry\tRed,   small\ne\tElder\tA tree\n")
+    write(folder, "relation_text.tsv.gz", "r3\tgrows on\nr1\tis next to\n")
+    kb = load_kb(folder)
+    assert kb.entity_text.names == ("Elder", "", "Cherry", "Banana", "Apple")
+    assert kb.entity_text.descriptions == ("A tree", "", "Red,   small", "", "A fruit.")
+    assert kb.entity_text.present.tolist() == [True, False, True, True, True]
+    assert kb.entity_text.present.dtype == bool
+    assert kb.relations.names == ("r1", "r2", "r3")
+    assert kb.relation_text.texts == ("is next to", "", "grows on")
+    assert kb.relation_text.present.tolist() == [True, False, True]
+    assert kb.features == {}
+
+
+def test_features_follow_entities_tsv_without_a_row_file(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb", entities="e\nd\nc\nb\na\n")
+    save_features(folder, "image", np.arange(10, dtype=np.int64).reshape(5, 2))  # integers become float32
+    write(folder / "features", "README.txt", "ignored")
+    write(folder / "features", "notes.json", "{}")
+    kb = load_kb(folder)
+    assert list(kb.features) == ["image"]
+    image = kb.features["image"]
+    assert image.values.dtype == np.float32 and image.values.shape == (5, 2)
+    np.testing.assert_array_equal(image.values[kb.entities.index["e"]], [0, 1])
+    np.testing.assert_array_equal(image.values[kb.entities.index["a"]], [8, 9])
+    assert image.present.all()
+    assert kb.entity_text is None and kb.relation_text is None
+
+
+def test_features_with_a_row_file_put_rows_at_local_ids_and_zeros_for_the_rest(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb")  # vocabulary from the triples: a b c d e
+    save_features(folder, "image", [[1.5, -2.0, 0.25], [3.0, 4.0, 5.0], [-1.0, 0.0, 1.0]], "d\na\n\ne\n")
+    save_features(folder, "audio-2", np.full((1, 1), 7.0, dtype=np.float64), "c\n")
+    kb = load_kb(folder)
+    assert sorted(kb.features) == ["audio-2", "image"]
+    image = kb.features["image"]
+    np.testing.assert_array_equal(
+        image.values, [[3.0, 4.0, 5.0], [0, 0, 0], [0, 0, 0], [1.5, -2.0, 0.25], [-1.0, 0.0, 1.0]]
+    )
+    assert image.present.tolist() == [True, False, False, True, True]
+    np.testing.assert_array_equal(kb.features["audio-2"].values, [[0], [0], [7], [0], [0]])
+    assert kb.features["audio-2"].present.tolist() == [False, False, True, False, False]
 
 
 # -- malformed input -------------------------------------------------------------------------------
@@ -185,3 +245,119 @@ def test_missing_folder(tmp_path):
 def test_a_file_instead_of_a_folder(tmp_path):
     path = write(tmp_path, "train.tsv", TRAIN)
     assert "not found" in load_error(path)
+
+
+# -- malformed texts -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, text, problem",
+    [
+        ("entity_text.tsv", "a\tApple\tA fruit.\nb\tBanana\n", "line 2: expected 3 tab-separated columns, found 2"),
+        ("entity_text.tsv", "a\tApple\tA fruit.\tmore\n", "line 1: expected 3 tab-separated columns, found 4"),
+        ("entity_text.tsv", "a\tApple\t\n\nb\t\tA fruit\n", "line 3: empty field"),
+        ("entity_text.tsv", "a\tApple\t\nzz\tZed\tnot here\n", "line 2: unknown entity 'zz' (not in the KB's vocabulary)"),
+        ("entity_text.tsv", "r1\tNot an entity\t\n", "line 1: unknown entity 'r1'"),
+        ("entity_text.tsv", "a\tApple\t\nb\tBanana\t\na\tApple again\t\n", "line 3: duplicate entity 'a' (first on line 1)"),
+        ("relation_text.tsv", "r1\tnext to\tmore\n", "line 1: expected 2 tab-separated columns, found 3"),
+        ("relation_text.tsv", "r1\tnext to\nr9\tnine\n", "line 2: unknown relation 'r9'"),
+        ("relation_text.tsv", "r1\tnext to\nr1\tagain\n", "line 2: duplicate relation 'r1' (first on line 1)"),
+        ("relation_text.tsv", "r1\t \n", "line 1: empty field"),
+    ],
+)
+def test_malformed_text_file(tmp_path, name, text, problem):
+    folder = make_kb_folder(tmp_path / "kb")
+    write(folder, name, text)
+    assert f"{name} {problem}" in load_error(folder)
+
+
+# -- malformed features ----------------------------------------------------------------------------
+def test_features_need_a_row_order(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb")
+    save_features(folder, "image", np.ones((5, 2)))
+    message = load_error(folder)
+    assert "image.npy: 5 rows and the KB has no entities.tsv" in message and "add image.entities.tsv" in message
+
+
+def test_features_without_row_file_must_match_entities_tsv(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb", entities="a\nb\nc\nd\ne\nf\n")
+    save_features(folder, "image", np.ones((5, 2)))
+    message = load_error(folder)
+    assert "image.npy: 5 rows and entities.tsv lists 6 entities" in message and "add image.entities.tsv" in message
+
+
+@pytest.mark.parametrize(
+    "row_ids, problem",
+    [
+        ("a\nb\n", "image.entities.tsv: lists 2 entities but image.npy has 3 rows"),
+        ("a\nb\nc\nd\n", "image.entities.tsv: lists 4 entities but image.npy has 3 rows"),
+        ("a\nzz\nb\n", "image.entities.tsv line 2: unknown entity 'zz'"),
+        ("a\nb\n\na\n", "image.entities.tsv line 4: duplicate entity 'a' (first on line 1)"),
+        ("a\tb\nc\nd\n", "image.entities.tsv line 1: expected 1 tab-separated columns, found 2"),
+        ("", "image.entities.tsv: file is empty"),
+    ],
+)
+def test_malformed_row_file(tmp_path, row_ids, problem):
+    folder = make_kb_folder(tmp_path / "kb")
+    save_features(folder, "image", np.ones((3, 2)), row_ids)
+    assert problem in load_error(folder)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e300])
+def test_non_finite_feature_values_name_the_row(tmp_path, bad):
+    folder = make_kb_folder(tmp_path / "kb")
+    values = np.ones((3, 2))
+    values[2, 1] = bad
+    save_features(folder, "image", values, "a\nb\nc\n")
+    assert "image.npy row 2 (entity 'c'): NaN or infinite value" in load_error(folder)
+
+
+@pytest.mark.parametrize(
+    "values, problem",
+    [
+        (np.ones(3), "expected a 2-D array [rows, d] with d >= 1, found shape (3,)"),
+        (np.ones((3, 2, 1)), "found shape (3, 2, 1)"),
+        (np.ones((3, 0)), "found shape (3, 0)"),
+        (np.ones((3, 2), dtype=bool), "expected float or integer values, found dtype bool"),
+        (np.ones((3, 2), dtype=np.complex64), "found dtype complex64"),
+        (np.array([["x", "y"]] * 3), "found dtype <U1"),
+    ],
+)
+def test_feature_matrix_of_the_wrong_kind(tmp_path, values, problem):
+    folder = make_kb_folder(tmp_path / "kb")
+    save_features(folder, "image", values, "a\nb\nc\n")
+    message = load_error(folder)
+    assert "image.npy" in message and problem in message
+
+
+@pytest.mark.parametrize("content", [b"not an array", b""])
+def test_unreadable_feature_file(tmp_path, content):
+    folder = make_kb_folder(tmp_path / "kb")
+    write(save_features(folder, "image", np.ones((3, 2)), "a\nb\nc\n").parent, "image.npy", content)
+    assert "image.npy: cannot read as a .npy array" in load_error(folder)
+
+
+def test_pickled_feature_file_is_not_unpickled(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb")
+    (folder / "features").mkdir()
+    np.save(folder / "features" / "image.npy", np.array([[{"a": 1}]] * 3, dtype=object), allow_pickle=True)
+    write(folder / "features", "image.entities.tsv", "a\nb\nc\n")
+    assert "image.npy: cannot read as a .npy array" in load_error(folder)
+
+
+@pytest.mark.parametrize("modality", ["_image", "my image", "image.v2"])
+def test_bad_modality_name(tmp_path, modality):
+    folder = make_kb_folder(tmp_path / "kb", entities="a\nb\nc\nd\ne\n")
+    save_features(folder, modality, np.ones((5, 2)))
+    assert f"{modality}.npy: {modality!r} is not a modality name" in load_error(folder)
+
+
+def test_row_file_without_its_matrix(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb", entities="a\nb\nc\nd\ne\n")
+    save_features(folder, "image", np.ones((5, 2)))
+    write(folder / "features", "img.entities.tsv", "a\nb\n")
+    assert "img.entities.tsv: no img.npy next to it" in load_error(folder)
+
+
+def test_features_must_be_a_folder(tmp_path):
+    folder = make_kb_folder(tmp_path / "kb")
+    write(folder, "features", "not a folder")
+    assert "features: expected a folder" in load_error(folder)

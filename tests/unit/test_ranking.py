@@ -238,3 +238,56 @@ def test_evaluate_ranking_perfect_and_worst_models():
     assert perfect.mrr == 1.0 and perfect.mr == 1.0 and perfect.hits_at_1 == 1.0
     worst = evaluate_ranking(make(-1.0), test, known)
     assert worst.hits_at_10 == 0.0 and worst.mr > NUM_ENTITIES - 10
+
+
+# -- retrieve-then-rerank ---------------------------------------------------------------------------
+def reference_rerank_rank(retrieved: list[float], reranked: list[float], target: int, known: set[int], k: int) -> tuple[float, bool]:
+    """By hand: the retriever's top k among the unfiltered entities (target included) keep the
+    reranker's scores; every other unfiltered entity ties below all of them."""
+    candidates = [e for e in range(len(retrieved)) if e == target or e not in known]
+    top = set(sorted(candidates, key=lambda e: -retrieved[e])[:k])
+    if target in top:
+        return 1 + sum(reranked[e] > reranked[target] for e in top if e != target) + sum(reranked[e] == reranked[target] for e in top if e != target) / 2, True
+    rest = [e for e in candidates if e not in top and e != target]
+    return 1 + len(top) + len(rest) / 2, False
+
+
+@pytest.mark.parametrize("k", [1, 5, NUM_ENTITIES])
+def test_rerank_matches_brute_force_and_reports_recall(k):
+    from kdmkb.kb_worker.worker_types.base import Ranking
+
+    train, valid, test = random_splits(7)
+    known_triples = np.concatenate([train, valid, test])
+    known = KnownAnswers(known_triples, NUM_ENTITIES, NUM_RELATIONS)
+    tails, heads = reference_answers(known_triples)
+    rng = np.random.default_rng(3)
+    # distinct values: the retriever's top k is unambiguous
+    retriever_table = torch.from_numpy(rng.permutation(NUM_ENTITIES * NUM_RELATIONS * NUM_ENTITIES * 2).reshape(2, NUM_ENTITIES, NUM_RELATIONS, NUM_ENTITIES).astype(np.float32))
+    reranker_table = torch.from_numpy(np.round(rng.normal(size=(2, NUM_ENTITIES, NUM_RELATIONS, NUM_ENTITIES)), 1).astype(np.float32))
+
+    def lookup(table, kind, queries):
+        if kind == QueryKind.TAIL:
+            return table[0, queries[:, 0], queries[:, 1]]
+        return table[1, queries[:, 1], queries[:, 0]]  # (r, t) -> indexed by t, r
+
+    def rescore(kind, queries, candidates=None):
+        assert candidates is not None and candidates.shape == (queries.shape[0], min(k, NUM_ENTITIES)), "the reranker scores only the top k"
+        return lookup(reranker_table, kind, queries).gather(1, candidates)
+
+    ranking = Ranking(retriever=lambda kind, queries: lookup(retriever_table, kind, queries), retriever_name="table", k=k)
+    metrics = evaluate_ranking(rescore, test, known, batch_size=5, ranking=ranking)
+
+    ranks, hits = [], []
+    for h, r, t in test.tolist():
+        for table_index, row_of, target, others in ((0, (h, r), t, tails[(h, r)] - {t}), (1, (t, r), h, heads[(r, t)] - {h})):
+            rank, hit = reference_rerank_rank(retriever_table[table_index][row_of].tolist(), reranker_table[table_index][row_of].tolist(), target, others, k)
+            ranks.append(rank)
+            hits.append(hit)
+    expected = reference_metrics(ranks)
+    for key, value in expected.items():
+        assert metrics.as_dict()[key] == pytest.approx(value, rel=1e-12), key
+    assert metrics.ranking == f"rerank@{k}(table)"
+    assert metrics.retriever_recall == pytest.approx(sum(hits) / len(hits))
+    if k == NUM_ENTITIES:  # everything retrieved: the reranker's exact ranking
+        exact = evaluate_ranking(lambda kind, queries: lookup(reranker_table, kind, queries), test, known)
+        assert metrics.mrr == pytest.approx(exact.mrr) and metrics.retriever_recall == 1.0 and exact.ranking == "exact"

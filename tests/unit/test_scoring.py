@@ -120,9 +120,9 @@ def test_hand_computed_score(case_name, make_kb):
     worker = build(case, make_kb(len(entity), len(relation)), dim)
     set_weights(worker, entity, relation)
     with torch.no_grad():
-        tail = worker.score_candidates(TAIL, torch.tensor([[h, r]]), torch.tensor([[t]]))
-        head = worker.score_candidates(HEAD, torch.tensor([[r, t]]), torch.tensor([[h]]))
-        rel = worker.score_candidates(RELATION, torch.tensor([[h, t]]), torch.tensor([[r]]))
+        tail = worker.score(TAIL, torch.tensor([[h, r]]), torch.tensor([[t]]))
+        head = worker.score(HEAD, torch.tensor([[r, t]]), torch.tensor([[h]]))
+        rel = worker.score(RELATION, torch.tensor([[h, t]]), torch.tensor([[r]]))
     for got in (tail, head, rel):
         assert got.shape == (1, 1)
         assert got.item() == pytest.approx(expected, abs=1e-5)
@@ -139,8 +139,8 @@ def test_tail_head_relation_scores_match_reference(case_name, make_kb):
     entity_candidates = torch.stack([torch.randperm(NUM_ENTITIES, generator=generator) for _ in pairs_er])
     entity_candidates = torch.cat([entity_candidates, entity_candidates[:, :1]], dim=1)
     with torch.no_grad():
-        tail = worker.score_candidates(TAIL, pairs_er, entity_candidates)
-        head = worker.score_candidates(HEAD, pairs_er[:, [1, 0]], entity_candidates)  # (r, t) queries
+        tail = worker.score(TAIL, pairs_er, entity_candidates)
+        head = worker.score(HEAD, pairs_er[:, [1, 0]], entity_candidates)  # (r, t) queries
     expected_tail = [[ref(h, r, c) for c in row] for (h, r), row in zip(pairs_er.tolist(), entity_candidates.tolist())]
     expected_head = [[ref(c, r, t) for c in row] for (t, r), row in zip(pairs_er.tolist(), entity_candidates.tolist())]
     torch.testing.assert_close(tail, torch.tensor(expected_tail), atol=1e-5, rtol=1e-5)
@@ -149,7 +149,7 @@ def test_tail_head_relation_scores_match_reference(case_name, make_kb):
     pairs_ee = torch.tensor([(h, t) for h in range(NUM_ENTITIES) for t in range(NUM_ENTITIES)])
     relation_candidates = torch.stack([torch.randperm(NUM_RELATIONS, generator=generator) for _ in pairs_ee])
     with torch.no_grad():
-        rel = worker.score_candidates(RELATION, pairs_ee, relation_candidates)
+        rel = worker.score(RELATION, pairs_ee, relation_candidates)
     expected_rel = [[ref(h, c, t) for c in row] for (h, t), row in zip(pairs_ee.tolist(), relation_candidates.tolist())]
     torch.testing.assert_close(rel, torch.tensor(expected_rel), atol=1e-5, rtol=1e-5)
 
@@ -160,22 +160,17 @@ def test_score_is_the_same_for_tail_head_and_relation_queries(case_name, make_kb
     triples = torch.tensor([(h, r, t) for h in range(NUM_ENTITIES) for r in range(NUM_RELATIONS) for t in range(NUM_ENTITIES)])
     h, r, t = triples.unbind(dim=1)
     with torch.no_grad():
-        as_tail = worker.score_candidates(TAIL, torch.stack([h, r], 1), t[:, None])[:, 0]
-        as_head = worker.score_candidates(HEAD, torch.stack([r, t], 1), h[:, None])[:, 0]
-        as_relation = worker.score_candidates(RELATION, torch.stack([h, t], 1), r[:, None])[:, 0]
+        as_tail = worker.score(TAIL, torch.stack([h, r], 1), t[:, None])[:, 0]
+        as_head = worker.score(HEAD, torch.stack([r, t], 1), h[:, None])[:, 0]
+        as_relation = worker.score(RELATION, torch.stack([h, t], 1), r[:, None])[:, 0]
     torch.testing.assert_close(as_head, as_tail, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(as_relation, as_tail, atol=1e-6, rtol=1e-6)
-
-
-def test_score_all_equals_score_candidates_over_all_entities(case_name, make_kb, score_all_contract):
-    worker = random_worker(CASES[case_name], make_kb(NUM_ENTITIES, NUM_RELATIONS), DIM, seed=4)
-    score_all_contract(worker, NUM_ENTITIES, NUM_RELATIONS, batch_independent=False)
 
 
 def test_score_candidates_is_differentiable(case_name, make_kb):
     case = CASES[case_name]
     worker = random_worker(case, make_kb(NUM_ENTITIES, NUM_RELATIONS), DIM, seed=5)
-    scores = worker.score_candidates(TAIL, torch.tensor([[0, 1]]), torch.tensor([[2, 3]]))
+    scores = worker.score(TAIL, torch.tensor([[0, 1]]), torch.tensor([[2, 3]]))
     (scores * torch.tensor([[1.0, 2.5]])).sum().backward()  # unequal weights: no sign cancellation (L1)
     entity_grad = worker.model.entity.weight.grad
     assert entity_grad[[0, 2, 3]].abs().sum() > 0
@@ -186,7 +181,7 @@ def test_score_candidates_is_differentiable(case_name, make_kb):
 # -- top_candidates: faiss (l1, l2, ip) or exact (rotate) vs brute force ---------------------------
 def brute_force_top(worker, kind, queries, pool, k):
     with torch.no_grad():
-        scores = worker.score_candidates(kind, queries, pool.expand(queries.shape[0], -1))
+        scores = worker.score(kind, queries, pool.expand(queries.shape[0], -1))
     order = scores.argsort(dim=1, descending=True)
     k = min(k, pool.numel())
     if k < pool.numel():  # the expected set must be unambiguous: no tie at the cut
@@ -212,7 +207,7 @@ def check_top_candidates(worker, kind, queries, pool, k):
     else:  # the exact top-k of the L2 shortlist
         shortlist = l2_shortlist(worker, kind, queries, pool, k)
         with torch.no_grad():
-            shortlist_scores = worker.score_candidates(kind, queries, shortlist)
+            shortlist_scores = worker.score(kind, queries, shortlist)
         expected = [set(row) for row in shortlist.gather(1, shortlist_scores.topk(min(k, pool.numel()), dim=1).indices).tolist()]
         _, scores = brute_force_top(worker, kind, queries, pool, k)
     assert got.shape == (queries.shape[0], min(k, pool.numel()))
@@ -255,7 +250,7 @@ def test_top_candidates_follows_pool_and_weight_changes(name, make_kb):
         check_top_candidates(worker, TAIL, queries, torch.randperm(num_entities, generator=generator)[:12], 3)
     # an optimizer step updates the weights in place
     optimizer = torch.optim.SGD(worker.modules().parameters(), lr=5.0)
-    worker.score_candidates(TAIL, queries, pool.expand(6, -1)).sum().neg().backward()
+    worker.score(TAIL, queries, pool.expand(6, -1)).sum().neg().backward()
     optimizer.step()
     check_top_candidates(worker, TAIL, queries, pool, 3)
 
@@ -295,7 +290,7 @@ def test_reranked_shortlist_recalls_the_exact_top_k(name, make_kb):
     pool = torch.arange(num_entities)
     got = worker.top_candidates(TAIL, queries, pool, 10)
     with torch.no_grad():
-        exact = worker.score_candidates(TAIL, queries, pool.expand(50, -1)).topk(10, dim=1).indices
+        exact = worker.score(TAIL, queries, pool.expand(50, -1)).topk(10, dim=1).indices
     recall = sum(len(set(a) & set(b)) for a, b in zip(got.tolist(), exact.tolist())) / exact.numel()
     assert recall >= 0.9, recall
 

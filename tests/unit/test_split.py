@@ -195,6 +195,61 @@ def test_custom_names_and_layout(dataset, tmp_path):
         ]
 
 
+def test_texts_and_features_are_carried_into_every_kb(dataset, tmp_path):
+    """Each split KB keeps the full vocabulary, so the dataset's texts and features are copied as they are."""
+    write(dataset / "entity_text.tsv", [(f"e{i}", f"entity {i}", "" if i == 3 else f"about {i}") for i in range(12) if i != 5])
+    write(dataset / "relation_text.tsv", [("r0", "zero"), ("r2", "two")])
+    (dataset / "features").mkdir()
+    np.save(dataset / "features" / "image.npy", np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))
+    write(dataset / "features" / "image.entities.tsv", [("e7",), ("e0",)])
+    (dataset / "features" / "README.txt").write_text("ignored by load_kb, carried all the same")
+    carried = ("entity_text.tsv", "relation_text.tsv", "features/README.txt", "features/image.entities.tsv", "features/image.npy")
+    summary = split_dataset(dataset, tmp_path / "out", kbs=2, seed=0)
+    assert summary.carried == carried
+    assert json.loads((tmp_path / "out" / "split.json").read_text())["carried"] == list(carried)
+    source = tree(dataset)
+    for name in summary.kb_names:
+        folder = tmp_path / "out" / name
+        copied = tree(folder)
+        assert {path: copied[path] for path in carried} == {path: source[path] for path in carried}
+        kb = load_kb(folder)
+        e = kb.entities.index
+        assert kb.entity_text.names[e["e4"]] == "entity 4" and kb.entity_text.descriptions[e["e4"]] == "about 4"
+        assert kb.entity_text.descriptions[e["e3"]] == ""
+        assert kb.entity_text.present.sum() == 11 and not kb.entity_text.present[e["e5"]]
+        assert kb.relation_text.texts[kb.relations.index["r2"]] == "two"
+        assert kb.relation_text.present.tolist() == [r != "r1" for r in kb.relations.names]
+        image = kb.features["image"]
+        np.testing.assert_array_equal(image.values[[e["e7"], e["e0"], e["e1"]]], [[1, 2], [3, 4], [0, 0]])
+        assert image.present.sum() == 2
+
+
+def test_features_in_entities_tsv_order_stay_aligned(dataset, tmp_path):
+    names = [f"e{i}" for i in reversed(range(12))]
+    write(dataset / "entities.tsv", [(name,) for name in names])
+    (dataset / "features").mkdir()
+    np.save(dataset / "features" / "image.npy", np.arange(12, dtype=np.float32).reshape(12, 1))
+    split_dataset(dataset, tmp_path / "out", kbs=2, seed=0)
+    kb = load_kb(tmp_path / "out" / "kb2")
+    assert [kb.features["image"].values[kb.entities.index[name], 0] for name in names] == list(range(12))
+    assert kb.entity_text is None and kb.relation_text is None
+
+
+def test_bad_texts_or_features_write_nothing(dataset, tmp_path):
+    write(dataset / "entity_text.tsv", [("e0", "zero", ""), ("nobody", "who", "")])
+    before = set(tmp_path.iterdir())
+    with pytest.raises(DataError, match=r"entity_text\.tsv line 2: unknown entity 'nobody'"):
+        split_dataset(dataset, tmp_path / "out", kbs=2, seed=0)
+    assert_nothing_written(tmp_path, before)
+    (dataset / "entity_text.tsv").unlink()
+    (dataset / "features").mkdir()
+    np.save(dataset / "features" / "image.npy", np.full((2, 2), np.nan))
+    write(dataset / "features" / "image.entities.tsv", [("e0",), ("e1",)])
+    with pytest.raises(DataError, match=r"image\.npy row 0 \(entity 'e0'\): NaN"):
+        split_dataset(dataset, tmp_path / "out", kbs=2, seed=0)
+    assert_nothing_written(tmp_path, before)
+
+
 def test_known_triples_are_the_peers_train_parts_and_only_filter(dataset, tmp_path):
     """Each KB filters its evaluation with the facts its peers train on, but never trains on them."""
     summary = split_dataset(dataset, tmp_path / "out", kbs=3, seed=0)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kdmkb.kb_worker import soft_labels, worker as worker_module
+from kdmkb.kb_worker import exchange
 from kdmkb.kb_worker.worker import AlignmentView, KBWorker
-from kdmkb.kb_worker.worker_types import QueryKind
+from kdmkb.kb_worker.worker_types import QueryKind, WorkerType
 from kdmkb.services.tsv import write_rows
 
 K = 3
@@ -38,7 +38,7 @@ def teacher(folder, refresh_epochs: float) -> KBWorker:
 
 def tail_lessons(worker: KBWorker, round_: int):
     _, payload = worker.teach(round_, 2, ["student"])
-    blocks = [b for b in soft_labels.decode(payload).blocks if b.kind == QueryKind.TAIL]
+    blocks = [b for b in exchange.decode(payload).blocks if b.kind == QueryKind.TAIL]
     return np.concatenate([b.queries for b in blocks]), np.concatenate([b.candidates for b in blocks]), np.concatenate([b.scores for b in blocks])
 
 
@@ -69,16 +69,16 @@ def test_cached_candidates_persist_but_scores_are_fresh(kb_folder):
     assert all(set(candidates[i, :K].tolist()) == searched[tuple(queries[i].tolist())] for i in repeated)
     assert any(set(candidates[i, :K].tolist()) != now[i] for i in repeated), "weights did not move enough to tell cached from fresh"
     with torch.no_grad():
-        expected = worker.model.score_candidates(QueryKind.TAIL, torch.from_numpy(queries), torch.from_numpy(candidates))
+        expected = worker.model.score(QueryKind.TAIL, torch.from_numpy(queries), torch.from_numpy(candidates))
     np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_scores_in_chunks_equal_scores_in_one_call(kb_folder, monkeypatch):
-    """The teacher scores a round in slices of TEACH_CHUNK_PAIRS pairs; the lesson must not depend on the slicing."""
+    """The teacher scores a round in slices of the type's slice_pairs pairs; the lesson must not depend on the slicing."""
     whole = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
-    monkeypatch.setattr(worker_module, "TEACH_CHUNK_PAIRS", 7)  # several slices per block, one row per slice for relations
+    monkeypatch.setattr(WorkerType, "slice_pairs", 7)  # several slices per block, one row per slice for relations
     sliced = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
-    a, b = soft_labels.decode(whole).blocks, soft_labels.decode(sliced).blocks
+    a, b = exchange.decode(whole).blocks, exchange.decode(sliced).blocks
     assert len(a) == len(b) > 0 and {x.kind for x in a} == {QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION}
     for x, y in zip(a, b):
         assert x.kind == y.kind and np.array_equal(x.queries, y.queries) and np.array_equal(x.candidates, y.candidates)

@@ -116,7 +116,7 @@ class RegisterAlignmentResponse(_message.Message):
     def __init__(self, alignment: _Optional[_Union[Alignment, _Mapping]] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queries", "seconds")
+    __slots__ = ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queries", "seconds", "ranking", "retriever_recall")
     MRR_FIELD_NUMBER: _ClassVar[int]
     MR_FIELD_NUMBER: _ClassVar[int]
     HITS_AT_1_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,8 @@ class Metrics(_message.Message):
     HITS_AT_10_FIELD_NUMBER: _ClassVar[int]
     NUM_QUERIES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RANKING_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVER_RECALL_FIELD_NUMBER: _ClassVar[int]
     mrr: float
     mr: float
     hits_at_1: float
@@ -131,26 +133,32 @@ class Metrics(_message.Message):
     hits_at_10: float
     num_queries: int
     seconds: float
-    def __init__(self, mrr: _Optional[float] = ..., mr: _Optional[float] = ..., hits_at_1: _Optional[float] = ..., hits_at_3: _Optional[float] = ..., hits_at_10: _Optional[float] = ..., num_queries: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    ranking: str
+    retriever_recall: float
+    def __init__(self, mrr: _Optional[float] = ..., mr: _Optional[float] = ..., hits_at_1: _Optional[float] = ..., hits_at_3: _Optional[float] = ..., hits_at_10: _Optional[float] = ..., num_queries: _Optional[int] = ..., seconds: _Optional[float] = ..., ranking: _Optional[str] = ..., retriever_recall: _Optional[float] = ...) -> None: ...
 
 class KBProgress(_message.Message):
-    __slots__ = ("loss", "kd_loss", "steps", "valid", "soft_label_bytes_sent", "soft_label_bytes_received")
+    __slots__ = ("loss", "kd_loss", "steps", "valid", "soft_label_bytes_sent", "soft_label_bytes_received", "query_bytes_sent", "query_bytes_received")
     LOSS_FIELD_NUMBER: _ClassVar[int]
     KD_LOSS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     VALID_FIELD_NUMBER: _ClassVar[int]
     SOFT_LABEL_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     SOFT_LABEL_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     loss: float
     kd_loss: float
     steps: int
     valid: Metrics
     soft_label_bytes_sent: int
     soft_label_bytes_received: int
-    def __init__(self, loss: _Optional[float] = ..., kd_loss: _Optional[float] = ..., steps: _Optional[int] = ..., valid: _Optional[_Union[Metrics, _Mapping]] = ..., soft_label_bytes_sent: _Optional[int] = ..., soft_label_bytes_received: _Optional[int] = ...) -> None: ...
+    query_bytes_sent: int
+    query_bytes_received: int
+    def __init__(self, loss: _Optional[float] = ..., kd_loss: _Optional[float] = ..., steps: _Optional[int] = ..., valid: _Optional[_Union[Metrics, _Mapping]] = ..., soft_label_bytes_sent: _Optional[int] = ..., soft_label_bytes_received: _Optional[int] = ..., query_bytes_sent: _Optional[int] = ..., query_bytes_received: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "strategy", "kbs", "settings", "state", "round", "total_rounds", "error", "progress", "test_metrics", "created_at", "updated_at")
+    __slots__ = ("job_id", "strategy", "kbs", "settings", "state", "round", "total_rounds", "error", "progress", "test_metrics", "created_at", "updated_at", "strategy_settings")
     class ProgressEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +185,7 @@ class Job(_message.Message):
     TEST_METRICS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     strategy: str
     kbs: _containers.RepeatedScalarFieldContainer[str]
@@ -189,17 +198,20 @@ class Job(_message.Message):
     test_metrics: _containers.MessageMap[str, Metrics]
     created_at: float
     updated_at: float
-    def __init__(self, job_id: _Optional[str] = ..., strategy: _Optional[str] = ..., kbs: _Optional[_Iterable[str]] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., error: _Optional[str] = ..., progress: _Optional[_Mapping[str, KBProgress]] = ..., test_metrics: _Optional[_Mapping[str, Metrics]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    strategy_settings: _struct_pb2.Struct
+    def __init__(self, job_id: _Optional[str] = ..., strategy: _Optional[str] = ..., kbs: _Optional[_Iterable[str]] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., error: _Optional[str] = ..., progress: _Optional[_Mapping[str, KBProgress]] = ..., test_metrics: _Optional[_Mapping[str, Metrics]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., strategy_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("strategy", "kbs", "settings")
+    __slots__ = ("strategy", "kbs", "settings", "strategy_settings")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     KBS_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     kbs: _containers.RepeatedScalarFieldContainer[str]
     settings: _struct_pb2.Struct
-    def __init__(self, strategy: _Optional[str] = ..., kbs: _Optional[_Iterable[str]] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    strategy_settings: _struct_pb2.Struct
+    def __init__(self, strategy: _Optional[str] = ..., kbs: _Optional[_Iterable[str]] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job",)

@@ -5,29 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdmkb.kb_worker import soft_labels
+from kdmkb.kb_worker import exchange
 from kdmkb.kb_worker.worker_types import QueryKind
 from kdmkb.protos.kdmkb.exchange.v1 import soft_labels_pb2 as pb
 
 
-def lesson(*blocks: soft_labels.Block) -> soft_labels.Lesson:
-    return soft_labels.Lesson("job-1", 3, "teacher", "student", blocks)
+def lesson(*blocks: exchange.SoftLabelBlock) -> exchange.SoftLabels:
+    return exchange.SoftLabels("job-1", 3, "teacher", "student", blocks)
 
 
-def relation_block(rows: int = 50, relations: int = 237) -> soft_labels.Block:
+def relation_block(rows: int = 50, relations: int = 237) -> exchange.SoftLabelBlock:
     rng = np.random.default_rng(0)
     candidates = np.broadcast_to(np.arange(relations), (rows, relations))
-    return soft_labels.Block(QueryKind.RELATION, 1, rng.integers(0, 1000, (rows, 2)), candidates, rng.standard_normal((rows, relations)).astype(np.float32))
+    return exchange.SoftLabelBlock(QueryKind.RELATION, 1, rng.integers(0, 1000, (rows, 2)), candidates, rng.standard_normal((rows, relations)).astype(np.float32))
 
 
-def entity_block(rows: int = 50, width: int = 20, high: int = 40_000) -> soft_labels.Block:
+def entity_block(rows: int = 50, width: int = 20, high: int = 40_000) -> exchange.SoftLabelBlock:
     rng = np.random.default_rng(1)
-    return soft_labels.Block(QueryKind.TAIL, 0, rng.integers(0, high, (rows, 2)), rng.integers(0, high, (rows, width)), rng.standard_normal((rows, width)).astype(np.float32))
+    return exchange.SoftLabelBlock(QueryKind.TAIL, 0, rng.integers(0, high, (rows, 2)), rng.integers(0, high, (rows, width)), rng.standard_normal((rows, width)).astype(np.float32))
 
 
 def test_round_trip_is_lossless():
     sent = lesson(entity_block(), relation_block())
-    got = soft_labels.decode(soft_labels.encode(sent))
+    got = exchange.decode(exchange.encode(sent))
     assert (got.job_id, got.round, got.teacher, got.student) == ("job-1", 3, "teacher", "student")
     for a, b in zip(sent.blocks, got.blocks):
         assert (a.kind, a.step) == (b.kind, b.step)
@@ -39,7 +39,7 @@ def test_round_trip_is_lossless():
 def test_shared_candidates_travel_once_and_ids_as_int32():
     """Relation queries over 237 relations: 4 bytes per score instead of 12 per (int64 id, score)."""
     block = relation_block(rows=100)
-    message = pb.SoftLabels.FromString(soft_labels.encode(lesson(block)))
+    message = pb.SoftLabels.FromString(exchange.encode(lesson(block)))
     candidates = message.blocks[0].candidates
     assert list(candidates.shape) == [1, 237]
     assert candidates.dtype == pb.Tensor.DTYPE_INT32
@@ -47,19 +47,19 @@ def test_shared_candidates_travel_once_and_ids_as_int32():
 
 
 def test_distinct_candidate_rows_are_all_sent():
-    message = pb.SoftLabels.FromString(soft_labels.encode(lesson(entity_block(rows=30, width=7))))
+    message = pb.SoftLabels.FromString(exchange.encode(lesson(entity_block(rows=30, width=7))))
     assert list(message.blocks[0].candidates.shape) == [30, 7]
 
 
 def test_ids_beyond_int32_fall_back_to_int64():
     block = entity_block(rows=4, width=3, high=2**40)
-    message = pb.SoftLabels.FromString(soft_labels.encode(lesson(block)))
+    message = pb.SoftLabels.FromString(exchange.encode(lesson(block)))
     assert message.blocks[0].candidates.dtype == pb.Tensor.DTYPE_INT64
-    np.testing.assert_array_equal(soft_labels.decode(message.SerializeToString()).blocks[0].candidates, block.candidates)
+    np.testing.assert_array_equal(exchange.decode(message.SerializeToString()).blocks[0].candidates, block.candidates)
 
 
 def test_malformed_block_is_refused_with_the_teacher_named():
-    message = pb.SoftLabels.FromString(soft_labels.encode(lesson(entity_block(rows=5, width=4))))
-    message.blocks[0].candidates.CopyFrom(soft_labels.to_tensor(np.zeros((1, 3), np.int32)))  # neither [5, 4] nor [1, 4]
+    message = pb.SoftLabels.FromString(exchange.encode(lesson(entity_block(rows=5, width=4))))
+    message.blocks[0].candidates.CopyFrom(exchange.to_tensor(np.zeros((1, 3), np.int32)))  # neither [5, 4] nor [1, 4]
     with pytest.raises(ValueError, match="malformed SoftLabels block from 'teacher'"):
-        soft_labels.decode(message.SerializeToString())
+        exchange.decode(message.SerializeToString())

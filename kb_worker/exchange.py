@@ -1,0 +1,171 @@
+"""Encoding and decoding of the two messages that cross a KB boundary (``protos/kdmkb/exchange/v1``).
+
+``SoftLabels``: a teacher's scores over candidates for queries (pushed from its own batches, or
+answering a student). ``Queries``: a student's own training queries, asked of one teacher (pull).
+Both speak alignment ids only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kdmkb.kb_worker.worker_types.base import QueryKind
+from kdmkb.protos.kdmkb.exchange.v1 import queries_pb2, soft_labels_pb2 as pb
+
+_DTYPES = {
+    pb.Tensor.DTYPE_INT32: np.dtype("<i4"),
+    pb.Tensor.DTYPE_INT64: np.dtype("<i8"),
+    pb.Tensor.DTYPE_FLOAT16: np.dtype("<f2"),
+    pb.Tensor.DTYPE_FLOAT32: np.dtype("<f4"),
+}
+_CODES = {dtype: code for code, dtype in _DTYPES.items()}
+
+# How a teacher picks the candidates it scores for a student's queries (queries.proto).
+TEACHER_TOP_K = queries_pb2.CANDIDATE_RULE_TEACHER_TOP_K
+LISTED = queries_pb2.CANDIDATE_RULE_LISTED
+ALL_ALIGNED = queries_pb2.CANDIDATE_RULE_ALL_ALIGNED
+CANDIDATE_RULES = {"top-k": TEACHER_TOP_K, "listed": LISTED, "all": ALL_ALIGNED}
+
+
+def to_tensor(array: np.ndarray) -> pb.Tensor:
+    array = np.ascontiguousarray(array)
+    dtype = array.dtype.newbyteorder("<")
+    if dtype not in _CODES:
+        raise TypeError(f"unsupported dtype {array.dtype} in an exchange tensor")
+    return pb.Tensor(dtype=_CODES[dtype], shape=list(array.shape), data=array.astype(dtype, copy=False).tobytes())
+
+
+def from_tensor(tensor: pb.Tensor) -> np.ndarray:
+    if tensor.dtype not in _DTYPES:
+        raise ValueError(f"exchange tensor has unknown dtype code {tensor.dtype}")
+    array = np.frombuffer(tensor.data, dtype=_DTYPES[tensor.dtype])
+    return array.reshape(tuple(tensor.shape))
+
+
+def _ids(array: np.ndarray) -> np.ndarray:
+    """Alignment ids as int32 when they fit (every realistic KB): a third fewer bytes per candidate than int64."""
+    small = np.iinfo(np.int32)
+    fits = array.size == 0 or (int(array.min()) >= small.min and int(array.max()) <= small.max)
+    return array.astype(np.int32 if fits else np.int64, copy=False)
+
+
+def _shared_row(candidates: np.ndarray) -> np.ndarray:
+    """One row when every query has the same candidates (relation queries rank every relation), else all rows."""
+    if len(candidates) > 1 and bool((candidates == candidates[:1]).all()):
+        return candidates[:1]
+    return candidates
+
+
+def _broadcast_shared(candidates: np.ndarray, rows: int) -> np.ndarray:
+    """A shared candidate row as every query's (read-only)."""
+    if candidates.ndim == 2 and candidates.shape[0] == 1 and rows != 1:
+        return np.broadcast_to(candidates, (rows, candidates.shape[1]))
+    return candidates
+
+
+# -- SoftLabels ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SoftLabelBlock:
+    """One kind of query at one step: alignment-id queries, candidates and the teacher's logits."""
+
+    kind: QueryKind
+    step: int
+    queries: np.ndarray  # int [q, 2]
+    candidates: np.ndarray  # int [q, c]
+    scores: np.ndarray  # float [q, c]
+
+
+@dataclass(frozen=True)
+class SoftLabels:
+    """A decoded ``SoftLabels`` message."""
+
+    job_id: str
+    round: int
+    teacher: str
+    student: str
+    blocks: tuple[SoftLabelBlock, ...]
+
+
+def encode(labels: SoftLabels) -> bytes:
+    message = pb.SoftLabels(job_id=labels.job_id, round=labels.round, teacher=labels.teacher, student=labels.student)
+    for block in labels.blocks:
+        message.blocks.add(
+            kind=int(block.kind),
+            step=block.step,
+            queries=to_tensor(_ids(block.queries)),
+            candidates=to_tensor(_ids(_shared_row(block.candidates))),
+            scores=to_tensor(block.scores),
+        )
+    return message.SerializeToString()
+
+
+def decode(payload: bytes) -> SoftLabels:
+    """The soft labels, with a shared candidate row broadcast to every query (read-only)."""
+    message = pb.SoftLabels.FromString(payload)
+    blocks = []
+    for block in message.blocks:
+        queries, candidates, scores = (from_tensor(t) for t in (block.queries, block.candidates, block.scores))
+        if scores.ndim == 2:
+            candidates = _broadcast_shared(candidates, scores.shape[0])
+        if queries.ndim != 2 or queries.shape[1] != 2 or candidates.shape != scores.shape or candidates.shape[:1] != queries.shape[:1]:
+            raise ValueError(f"malformed SoftLabels block from {message.teacher!r}: shapes {queries.shape}, {candidates.shape}, {scores.shape}")
+        blocks.append(SoftLabelBlock(QueryKind(block.kind), block.step, queries, candidates, scores))
+    return SoftLabels(message.job_id, message.round, message.teacher, message.student, tuple(blocks))
+
+
+# -- Queries -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QueryBlock:
+    """One kind of a student's queries at one of its steps, in alignment ids; ``candidates`` only for the LISTED rule."""
+
+    kind: QueryKind
+    step: int
+    queries: np.ndarray  # int [q, 2]
+    candidates: np.ndarray | None = None  # int [q, c]
+
+
+@dataclass(frozen=True)
+class Queries:
+    """A decoded ``Queries`` message."""
+
+    job_id: str
+    round: int
+    student: str
+    teacher: str
+    rule: int
+    top_k: int
+    blocks: tuple[QueryBlock, ...]
+
+
+def encode_queries(queries: Queries) -> bytes:
+    message = queries_pb2.Queries(
+        job_id=queries.job_id, round=queries.round, student=queries.student, teacher=queries.teacher, rule=queries.rule, top_k=queries.top_k
+    )
+    for block in queries.blocks:
+        added = message.blocks.add(kind=int(block.kind), step=block.step, queries=to_tensor(_ids(block.queries)))
+        if block.candidates is not None:
+            added.candidates.CopyFrom(to_tensor(_ids(_shared_row(block.candidates))))
+    return message.SerializeToString()
+
+
+def decode_queries(payload: bytes) -> Queries:
+    """The queries; a malformed message raises ``ValueError`` naming the student."""
+    message = queries_pb2.Queries.FromString(payload)
+    if message.rule not in (TEACHER_TOP_K, LISTED, ALL_ALIGNED):
+        raise ValueError(f"Queries from {message.student!r} name no candidate rule")
+    if message.rule == TEACHER_TOP_K and message.top_k <= 0:
+        raise ValueError(f"Queries from {message.student!r} ask for a top-k of {message.top_k}")
+    blocks = []
+    for block in message.blocks:
+        queries = from_tensor(block.queries)
+        if queries.ndim != 2 or queries.shape[1] != 2:
+            raise ValueError(f"malformed Queries block from {message.student!r}: queries of shape {queries.shape}")
+        candidates = None
+        if message.rule == LISTED:
+            candidates = _broadcast_shared(from_tensor(block.candidates), queries.shape[0])
+            if candidates.ndim != 2 or candidates.shape[0] != queries.shape[0] or candidates.shape[1] < 1:
+                raise ValueError(f"malformed Queries block from {message.student!r}: candidates of shape {candidates.shape} for {queries.shape[0]} queries")
+        blocks.append(QueryBlock(QueryKind(block.kind), block.step, queries, candidates))
+    return Queries(message.job_id, message.round, message.student, message.teacher, message.rule, message.top_k, tuple(blocks))

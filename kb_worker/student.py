@@ -1,0 +1,128 @@
+"""The student side of a KB: asking teachers (pull), reading their soft labels, and the training steps that learn from them."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from kdmkb.kb_worker import exchange
+from kdmkb.kb_worker.alignment_view import QUERY_COLUMNS, LocalAlignment
+from kdmkb.kb_worker.combining import LabelledRows, StepLessons, TeacherCombination
+from kdmkb.kb_worker.worker_types import QueryKind, WorkerType
+from kdmkb.services.config import DistillSettings
+from kdmkb.services.errors import DataError
+
+
+class Student:
+    """Learns ``(1-alpha) L_own + alpha L_KD`` where ``L_KD`` is its :class:`TeacherCombination` of the step's lessons."""
+
+    def __init__(self, name: str, job_id: str, model: WorkerType, alignment: LocalAlignment, distill: DistillSettings, combination: TeacherCombination) -> None:
+        self.name = name
+        self.job_id = job_id
+        self.model = model
+        self.alignment = alignment
+        self.distill = distill
+        self.combination = combination
+        learned = combination.modules()
+        extra = [{"params": list(learned.parameters()), "lr": model.settings.learning_rate}] if learned is not None else []
+        self.optimizer = model.optimizer(extra)
+
+    # -- pull: the student's own queries ---------------------------------------------------------
+    def ask(self, round_: int, batches: list[torch.Tensor], train: torch.Tensor, teacher: str, rule: str) -> bytes:
+        """A ``Queries`` message for ``teacher`` over the queries of ``batches`` whose given parts it shares with it.
+
+        Under the ``listed`` rule the student names the candidates: its own top-k among the
+        shared entities plus k random ones (every shared relation for relation queries).
+        """
+        pools = self.alignment.peers.get(teacher)
+        blocks = []
+        if pools is not None:
+            for step, rows in enumerate(batches):
+                triples = train[rows]
+                for kind in (QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION):
+                    pool = pools.pool(kind)
+                    if kind == QueryKind.RELATION and not self.distill.relation_weight:
+                        continue
+                    selected = pools.shared_queries(kind, triples)
+                    if pool.numel() < 2 or not bool(selected.any()):
+                        continue
+                    queries = triples[selected][:, list(QUERY_COLUMNS[kind])]
+                    candidates = None
+                    if rule == "listed":
+                        candidates = self._own_candidates(kind, queries, pool)
+                        candidates = self.alignment.aligned_candidates(kind, candidates)
+                    blocks.append(exchange.QueryBlock(kind, step, self.alignment.aligned_queries(kind, queries), candidates))
+        message = exchange.Queries(self.job_id, round_, self.name, teacher, exchange.CANDIDATE_RULES[rule], self.distill.top_k, tuple(blocks))
+        return exchange.encode_queries(message)
+
+    def _own_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        if kind == QueryKind.RELATION:
+            return pool.expand(queries.shape[0], -1)
+        was_training = self.model.modules().training
+        self.model.modules().eval()
+        try:
+            top = self.model.top_candidates(kind, queries, pool, self.distill.top_k)
+        finally:
+            self.model.modules().train(was_training)
+        return torch.cat([top, pool[torch.randint(pool.numel(), (queries.shape[0], top.shape[1]))]], dim=1)
+
+    # -- lessons ---------------------------------------------------------------------------------
+    def lessons(self, payloads: tuple[bytes, ...], weights: dict[str, float]) -> tuple[dict[int, StepLessons], list[str]]:
+        """Decodes every ``SoftLabels`` message into local ids, grouped per step by (kind, candidate width), each row tagged with its teacher.
+
+        Also returns each payload's teacher.
+        """
+        rows_by_step: dict[int, list] = defaultdict(list)
+        senders = []
+        for payload in payloads:
+            labels = exchange.decode(payload)
+            senders.append(labels.teacher)
+            if labels.student != self.name:
+                raise DataError(f"soft labels for {labels.student!r} were routed to {self.name!r}")
+            for block in labels.blocks:
+                queries = self.alignment.local_queries(block.kind, block.queries, labels.teacher)
+                candidates = self.alignment.local_candidates(block.kind, block.candidates, labels.teacher)
+                logits = torch.from_numpy(block.scores.astype(np.float32))
+                rows_by_step[block.step].append((labels.teacher, block.kind, *(t.to(self.model.device) for t in (queries, candidates, logits))))
+        steps = {}
+        for step, items in rows_by_step.items():
+            teachers = tuple(dict.fromkeys(teacher for teacher, *_ in items))
+            index = {teacher: i for i, teacher in enumerate(teachers)}
+            groups: dict[tuple, list] = defaultdict(list)
+            for teacher, kind, queries, candidates, scores in items:
+                groups[kind, candidates.shape[1]].append((queries, candidates, scores, torch.full((queries.shape[0],), index[teacher], device=scores.device)))
+            merged = tuple(LabelledRows(kind, *(torch.cat(column) for column in zip(*parts))) for (kind, _), parts in groups.items())
+            steps[step] = StepLessons(teachers, torch.tensor([float(weights.get(t, 1.0)) for t in teachers], device=self.model.device), merged)
+        return steps, senders
+
+    # -- training --------------------------------------------------------------------------------
+    def train(self, batches: list[torch.Tensor], lessons: dict[int, StepLessons]) -> dict:
+        """One update per batch; returns the mean own and KD losses."""
+        model, alpha, scale = self.model, self.distill.alpha, self.model.logit_scale
+        own_total = kd_total = 0.0
+        kd_steps = 0
+        started = time.perf_counter()
+        for step, batch in enumerate(batches):
+            lesson = lessons.get(step)
+            groups = lesson.groups if lesson is not None else ()
+            own, student_scores = model.train_scores(batch.to(model.device), [(g.kind, g.queries, g.candidates) for g in groups])
+            loss = own
+            if lesson is not None:
+                kd = self.combination.loss(lesson, [scores * scale for scores in student_scores])
+                loss = (1 - alpha) * own + alpha * kd
+                kd_total += float(kd.detach())
+                kd_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            model.updates += 1
+            own_total += float(own.detach())
+        return {
+            "loss": own_total / max(1, len(batches)),
+            "kd_loss": kd_total / kd_steps if kd_steps else 0.0,
+            "kd_steps": kd_steps,
+            "seconds": time.perf_counter() - started,
+        }

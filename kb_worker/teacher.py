@@ -1,0 +1,134 @@
+"""The teacher side of a KB: soft labels over aligned ids, pushed from its own batches or answering a student's queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kdmkb.kb_worker import exchange
+from kdmkb.kb_worker.alignment_view import QUERY_COLUMNS, LocalAlignment, PeerPools
+from kdmkb.kb_worker.worker_types import QueryKind, WorkerType
+from kdmkb.services.config import DistillSettings
+from kdmkb.services.errors import DataError
+
+
+class Teacher:
+    """Labels queries with its model's logits; only candidates shared with the student are ever named."""
+
+    def __init__(self, name: str, job_id: str, model: WorkerType, alignment: LocalAlignment, distill: DistillSettings, train: torch.Tensor, batch_size: int) -> None:
+        self.name = name
+        self.job_id = job_id
+        self.model = model
+        self.alignment = alignment
+        self.distill = distill
+        self.train = train
+        self._refresh_steps = distill.candidate_refresh_epochs * len(train) / batch_size
+        # Each training triple's tail query (head, relation) and head query (relation, tail), as ids.
+        self._query_ids = {
+            kind: torch.from_numpy(np.unique(train[:, list(QUERY_COLUMNS[kind])].numpy(), axis=0, return_inverse=True)[1].reshape(-1))
+            for kind in (QueryKind.TAIL, QueryKind.HEAD)
+        }
+        self._candidate_cache: dict[tuple[int, QueryKind], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _logits(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> np.ndarray:
+        scores = self.model.score_sliced(kind, queries, candidates) * self.model.logit_scale
+        return scores.numpy().astype(np.dtype(self.distill.score_dtype))
+
+    def _random(self, pool: torch.Tensor, rows: int) -> torch.Tensor:
+        return pool[torch.randint(pool.numel(), (rows, self.distill.top_k))]
+
+    # -- push: the teacher's own batches (KD-MKB) ------------------------------------------------
+    def push(self, round_: int, batches: list[torch.Tensor], students: list[str], step: int) -> list[bytes]:
+        """A ``SoftLabels`` message per student over the queries of ``batches`` it shares with that student."""
+        lessons: dict[int, list[exchange.SoftLabelBlock]] = {}
+        payloads = []
+        for student in students:
+            pools = self.alignment.peers.get(student)
+            if pools is not None and pools.signature not in lessons:
+                lessons[pools.signature] = self._own_batch_blocks(batches, pools, step)
+            blocks = [] if pools is None else lessons[pools.signature]
+            payloads.append(exchange.encode(exchange.SoftLabels(self.job_id, round_, self.name, student, tuple(blocks))))
+        return payloads
+
+    def _own_batch_blocks(self, batches: list[torch.Tensor], pools: PeerPools, step: int) -> list[exchange.SoftLabelBlock]:
+        steps = torch.cat([torch.full((len(b),), s) for s, b in enumerate(batches)])
+        rows = torch.cat(batches)
+        triples = self.train[rows]
+        blocks = []
+        for kind in (QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION):
+            pool = pools.pool(kind)
+            if kind == QueryKind.RELATION and not self.distill.relation_weight:
+                continue
+            selected = pools.shared_queries(kind, triples)
+            if pool.numel() < 2 or not bool(selected.any()):
+                continue  # softmax over a single candidate carries no information
+            queries = triples[selected][:, list(QUERY_COLUMNS[kind])]
+            if kind == QueryKind.RELATION:
+                candidates = pool.expand(queries.shape[0], -1)
+            else:
+                top = self._cached_top(pools, kind, queries, rows[selected], step)
+                candidates = torch.cat([top, self._random(pool, queries.shape[0])], dim=1)
+            blocks.extend(self._blocks(kind, steps[selected].numpy(), queries, candidates))
+        return blocks
+
+    def _blocks(self, kind: QueryKind, steps: np.ndarray, queries: torch.Tensor, candidates: torch.Tensor) -> list[exchange.SoftLabelBlock]:
+        scores = self._logits(kind, queries, candidates)
+        query_ids = self.alignment.aligned_queries(kind, queries)
+        candidate_ids = self.alignment.aligned_candidates(kind, candidates)
+        return [
+            exchange.SoftLabelBlock(kind, int(s), query_ids[steps == s], candidate_ids[steps == s], scores[steps == s])
+            for s in np.unique(steps)
+        ]
+
+    def _cached_top(self, pools: PeerPools, kind: QueryKind, queries: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+        """The teacher's top-k among the pool, searched again only for queries whose last search is stale.
+
+        The search is the costly part of teaching (every query against every aligned entity),
+        while a query's best candidates move slowly; the scores sent over them are always fresh.
+        The cache is keyed by query, (head, relation) or (relation, tail), so that the triples
+        that share a query share its search (FB15k-237 has 3x fewer tail queries than triples).
+        """
+        k = self.distill.top_k
+        query_ids = self._query_ids[kind][rows]
+        key = (pools.signature, kind)
+        if key not in self._candidate_cache:
+            count, width = int(self._query_ids[kind].max()) + 1, min(k, pools.entity_pool.numel())
+            self._candidate_cache[key] = (torch.full((count, width), -1), torch.full((count,), -(2**62)))
+        top, searched_at = self._candidate_cache[key]
+        unique, first = np.unique(query_ids.numpy(), return_index=True)
+        unique, first = torch.from_numpy(unique), torch.from_numpy(first)
+        stale = (step - searched_at[unique]) > self._refresh_steps
+        if bool(stale.any()):
+            top[unique[stale]] = self.model.top_candidates(kind, queries[first[stale]], pools.entity_pool, k)
+            searched_at[unique[stale]] = step
+        return top[query_ids]
+
+    # -- pull: a student's queries ---------------------------------------------------------------
+    def answer(self, payload: bytes) -> tuple[str, bytes]:
+        """The asking student and ``SoftLabels`` over a student's ``Queries``; queries or candidates it does not share with that student are refused."""
+        try:
+            asked = exchange.decode_queries(payload)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        if asked.teacher != self.name:
+            raise DataError(f"queries for {asked.teacher!r} were routed to {self.name!r}")
+        pools = self.alignment.peers.get(asked.student)
+        if pools is None:
+            raise DataError(f"KB {self.name!r} shares nothing with {asked.student!r}, which asked it for soft labels")
+        blocks = []
+        for block in asked.blocks:
+            kind = block.kind
+            queries = self.alignment.local_queries(kind, block.queries, asked.student)
+            pool = pools.pool(kind)
+            if asked.rule == exchange.LISTED:
+                candidates = self.alignment.local_candidates(kind, block.candidates, asked.student)
+            elif asked.rule == exchange.ALL_ALIGNED or kind == QueryKind.RELATION:
+                candidates = pool.expand(queries.shape[0], -1)
+            else:
+                k = min(asked.top_k, pool.numel())
+                top = self.model.top_candidates(kind, queries, pool, k)
+                candidates = torch.cat([top, pool[torch.randint(pool.numel(), (queries.shape[0], k))]], dim=1)
+            if not pools.shares(kind, queries, candidates):
+                raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
+            blocks.extend(self._blocks(kind, np.full(queries.shape[0], block.step), queries, candidates))
+        return asked.student, exchange.encode(exchange.SoftLabels(asked.job_id, asked.round, self.name, asked.student, tuple(blocks)))
