@@ -147,7 +147,7 @@ class JobRunner(threading.Thread):
             self._emit("failed", message=job.error)
 
     def _configure(self, settings: JobSettings) -> None:
-        distill = settings.distill().model_dump()
+        distill = settings.distill()
         ray.get([w.configure.remote(self.job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()])
         if self.resume and self.job.checkpoint_round > 0:
             ray.get([w.load.remote(str(self.store.checkpoint_dir(self.job.job_id, kb))) for kb, w in self.workers.items()])

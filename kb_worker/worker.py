@@ -79,6 +79,7 @@ class KBWorker:
         self.settings = settings if type(settings) is self.type_class.settings_model else self.type_class.validate_settings(settings or {})
         self.type_class.prepare_process(self.settings)
         self.kb: KnowledgeBase = load_kb(data_dir)
+        self.type_class.check_kb(self.kb, self.settings)
         self.known = KnownAnswers(self.kb.known_triples(), len(self.kb.entities), len(self.kb.relations))
         self._train = torch.from_numpy(self.kb.train)
         self.schedule = BatchSchedule(len(self._train), self.settings.batch_size)
@@ -120,10 +121,10 @@ class KBWorker:
         teacher = Teacher(self.name, self.job_id, model, self.alignment, distill, self._train, self.settings.batch_size)
         return model, teacher, Student(self.name, self.job_id, model, self.alignment, distill, combination)
 
-    def configure(self, job_id: str, seed: int, distill: dict | None = None, alignment: AlignmentView | None = None) -> dict:
+    def configure(self, job_id: str, seed: int, distill: DistillSettings | dict | None = None, alignment: AlignmentView | None = None) -> dict:
         """Starts a job: a fresh model and optimiser from ``seed``, the job's distillation settings."""
         self.job_id = job_id
-        self.distill = DistillSettings.model_validate(distill or {})
+        self.distill = distill if isinstance(distill, DistillSettings) else DistillSettings.model_validate(distill or {})
         if alignment is not None:
             self.alignment = LocalAlignment(self.name, self.kb, alignment)
         torch.manual_seed(seed * 1_000_003 + zlib.crc32(self.name.encode()))

@@ -40,8 +40,11 @@ class DistillSettings(Strict):
     def _known_combination(self) -> "DistillSettings":
         from kdmkb.kb_worker.combining import COMBINATIONS
 
-        combination = COMBINATIONS.get(self.combination)
-        self.combination_settings = combination.settings_model.model_validate(self.combination_settings).model_dump(exclude_unset=True)
+        try:
+            combination = COMBINATIONS.get(self.combination)
+        except ConfigError as error:
+            raise ConfigError(f"combination: {error}") from None
+        self.combination_settings = validate(combination.settings_model, self.combination_settings, "combination_settings").model_dump(exclude_unset=True)
         return self
 
 
@@ -95,6 +98,21 @@ class JobFile(Strict):
             raw = {**raw, "strategy": table.pop("name", "cooperative"), "strategy_settings": table}
         return raw
 
+    @model_validator(mode="after")
+    def _owners_validate_their_settings(self) -> "JobFile":
+        """The strategy's and each worker type's settings, checked when the file is read, not at the first RPC."""
+        from kdmkb.coordinator.strategies import validate_strategy_settings
+        from kdmkb.kb_worker.worker_types import WORKER_TYPES
+
+        self.strategy_settings = validate_strategy_settings(self.strategy, self.strategy_settings).model_dump(exclude_unset=True)
+        for index, entry in enumerate(self.kb):
+            try:
+                worker_type = WORKER_TYPES.get(entry.worker_type)
+            except ConfigError as error:
+                raise ConfigError(f"kb[{index}].worker_type: {error}") from None
+            entry.settings = validate(worker_type.settings_model, entry.settings, prefix=f"kb[{index}].settings").model_dump(exclude_unset=True)
+        return self
+
     @field_validator("kb")
     @classmethod
     def _unique_names(cls, entries: list[KBEntry]) -> list[KBEntry]:
@@ -109,6 +127,10 @@ def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
     """``field.path: message`` for each problem, the form every kdmkb config error takes."""
     parts = []
     for problem in error.errors():
+        cause = problem.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigError):  # a validator that names its field, under the model's location
+            parts.append(".".join(str(part) for part in (prefix, *problem["loc"], cause) if part != ""))
+            continue
         location = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
         parts.append(f"{location or prefix or 'value'}: {problem['msg']}")
     return "; ".join(parts)

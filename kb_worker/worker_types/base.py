@@ -121,6 +121,10 @@ class WorkerType(abc.ABC):
         return {"num_gpus": 1} if wants_gpu else {}
 
     @classmethod
+    def check_kb(cls, kb: KnowledgeBase, settings: WorkerSettings) -> None:
+        """Refuses a KB that lacks what the type reads (a feature matrix, texts): when the KB is registered, not when a job starts."""
+
+    @classmethod
     def prepare_process(cls, settings: WorkerSettings) -> None:
         """Process-wide set-up before the model is built (one worker per process)."""
         torch.set_num_threads(settings.threads)

@@ -50,11 +50,15 @@ class FeatureMLPWorker(WorkerType):
 
     settings_model = FeatureMLPSettings
 
-    def __init__(self, kb: KnowledgeBase, settings: FeatureMLPSettings) -> None:
-        super().__init__(kb, settings)
+    @classmethod
+    def check_kb(cls, kb: KnowledgeBase, settings: FeatureMLPSettings) -> None:
         if settings.features not in kb.features:
             have = ", ".join(sorted(kb.features)) or "none"
             raise ConfigError(f"settings.features: the KB has no features/{settings.features}.npy (its modalities: {have})")
+
+    def __init__(self, kb: KnowledgeBase, settings: FeatureMLPSettings) -> None:
+        super().__init__(kb, settings)
+        self.check_kb(kb, settings)
         matrix = kb.features[settings.features]
         self.model = FeatureMLP(torch.from_numpy(matrix.values), torch.from_numpy(matrix.present), self.num_relations, settings).to(self.device)
 

@@ -112,6 +112,20 @@ CASES = [
         INVALID,
         ["settings.batch_size"],
     ),
+    (
+        "kb-cuda-without-gpu",
+        "RegisterKB",
+        lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.left_dir), settings=struct({"device": "cuda"})),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        ["settings.device", "no node of the Ray cluster offers a GPU"],
+    ),
+    (
+        "kb-features-missing",
+        "RegisterKB",
+        lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.left_dir), worker_type="feature-mlp", settings=struct({"features": "images"})),
+        INVALID,
+        ["settings.features", "features/images.npy"],
+    ),
     ("kb-bad-norm", "RegisterKB", lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.left_dir), settings=struct({"norm": 3})), INVALID, ["settings.norm"]),
     # re-registering an existing KB badly leaves the registered one in place
     ("kb-existing-missing-folder", "RegisterKB", lambda s: pb.RegisterKBRequest(name=s.left, data_dir=str(s.bad / "missing")), INVALID, ["data_dir", "not found"]),
