@@ -10,7 +10,9 @@ Run from the repository root, inside the loopback-only namespace that Ray needs 
 ``run`` cuts the dataset's train triples into ``--kbs`` KBs exactly like ``kdmkb split`` (random
 partition, entity alignment ``--align``), then, for every strategy in ``--strategies``, submits the
 same job (same KBs, worker settings, budget and seed) to an embedded coordinator through its gRPC
-API and records every KB's filtered test metrics. ``--kbs 1`` trains the whole dataset as one KB
+API and records every KB's filtered test metrics. ``--strategy-settings`` holds the strategies' own
+settings (``warmup_steps``, ``pretrain_rounds``, ``teacher``, ``exchange``, ...); each strategy is
+given the ones it accepts. ``--kbs 1`` trains the whole dataset as one KB
 (strategy ``none``): the paper's n = 1 row. ``--align`` accepts several rules for the alignment
 sweep of Figures 3-4 (e.g. ``co-occurring co-occurring+0.2 ... all``), each a separate split with
 the same seed, so the partition is the same and only the alignment grows.
@@ -32,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kdmkb.coordinator.strategies import STRATEGIES as REGISTERED_STRATEGIES
 from kdmkb.services.client import embedded_coordinator, job_report
 from kdmkb.services.config import JobFile
 from kdmkb.services.split import SplitSummary, job_file_dict, split_dataset
@@ -39,6 +42,11 @@ from kdmkb.services.split import SplitSummary, job_file_dict, split_dataset
 STRATEGIES = ("none", "one-way", "sequential", "cooperative")
 METRICS = ("hits@1", "hits@3", "hits@10", "mrr")  # job_report keys
 HEADINGS = ("H@1", "H@3", "H@10", "MRR")
+# Job settings that became the strategies' own settings (architecture v2), with their defaults:
+# --job-settings still takes them, and results.json files written before record them in job_settings.
+MOVED_TO_STRATEGIES = {"warmup_steps": 0, "pretrain_rounds": None, "teacher": None}
+# Job settings added since, whose defaults are what every earlier run did (paper eq. 5).
+ADDED_JOB_SETTINGS = {"combination": "mean-kl", "combination_settings": {}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--worker-type", default="transe")
     run.add_argument("--worker-settings", type=json.loads, default={}, help="JSON object of worker settings.")
     run.add_argument("--job-settings", type=json.loads, default={}, help="JSON object of job settings (rounds, steps_per_round, alpha, ...).")
+    run.add_argument(
+        "--strategy-settings",
+        type=json.loads,
+        default={},
+        help="JSON object of the strategies' own settings (warmup_steps: cooperative; pretrain_rounds: one-way, sequential; "
+        "teacher: one-way, a KB of the split such as kb1; exchange, candidates: all but none); each strategy is given the ones it accepts.",
+    )
     run.add_argument("--seed", type=int, default=0, help="Split seed and job seed.")
     run.add_argument("--out", type=Path, required=True)
     render = commands.add_parser("render", help="Write the tables of several results.json into a Markdown document.")
@@ -70,10 +85,35 @@ def job_file(args: argparse.Namespace, summary: SplitSummary | None) -> tuple[Jo
     return JobFile.model_validate(raw), {f"{a}~{b}": list(counts) for (a, b), counts in summary.pair_counts.items()}
 
 
+def split_strategy_settings(args: argparse.Namespace) -> dict:
+    """``--strategy-settings``, with the keys of ``--job-settings`` that are now strategy settings moved into it."""
+    settings = dict(args.strategy_settings)
+    for key in MOVED_TO_STRATEGIES:
+        if key in args.job_settings:
+            if key in settings:
+                raise SystemExit(f"{key} is given in both --job-settings and --strategy-settings")
+            settings[key] = args.job_settings.pop(key)
+    accepted = {name for strategy in REGISTERED_STRATEGIES for name in REGISTERED_STRATEGIES.get(strategy).settings_model.model_fields}
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        raise SystemExit(f"--strategy-settings: no strategy accepts {', '.join(unknown)} (accepted: {', '.join(sorted(accepted))})")
+    return settings
+
+
+def for_strategy(config: JobFile, strategy: str, settings: dict, prefix: str) -> JobFile:
+    """The job file of one strategy run: the strategy and the settings it accepts (``teacher`` named as renamed)."""
+    accepted = REGISTERED_STRATEGIES.get(strategy).settings_model.model_fields
+    own = {key: value for key, value in settings.items() if key in accepted}
+    if own.get("teacher") is not None:
+        own["teacher"] = prefix + own["teacher"]
+    return JobFile.model_validate({**config.model_dump(mode="json", exclude_none=True), "strategy": strategy, "strategy_settings": own})
+
+
 def run(args: argparse.Namespace) -> None:
     _common.header(f"KD-MKB reproduction: {args.dataset.name}, n = {args.kbs}")
     if args.kbs == 1 and len(args.align) > 1:
         raise SystemExit("--kbs 1 trains the whole dataset as one KB: there is no alignment to sweep")
+    strategy_settings = split_strategy_settings(args)
     strategies = ["none"] if args.kbs == 1 else args.strategies
     runs = []
     args.out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
             client.register(renamed)
             for strategy in strategies:
                 started = time.perf_counter()
-                job = client.run(client.create_job(renamed, strategy).job_id)
+                job = client.run(client.create_job(for_strategy(renamed, strategy, strategy_settings, prefix)).job_id)
                 report = job_report(job)
                 seconds = time.perf_counter() - started
                 if report["state"] != "SUCCEEDED":
@@ -103,6 +143,7 @@ def run(args: argparse.Namespace) -> None:
         "worker_type": args.worker_type,
         "worker_settings": args.worker_settings,
         "job_settings": config.job.model_dump(exclude_none=True),
+        "strategy_settings": strategy_settings,
         "seed": args.seed,
         "command": sys.argv,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -162,12 +203,33 @@ def heading(result: dict, title: str = "") -> str:
     settings = ", ".join(f"{k}={v}" for k, v in result["worker_settings"].items())
     job = result["job_settings"]
     steps = job["rounds"] * job["steps_per_round"]
-    return f"#### {title}{result['dataset']}, n = {result['kbs']}, {steps:,} steps per KB ({result['worker_type']}: {settings}; seed {result['seed']})"
+    strategy = "".join(f"; {k}={v}" for k, v in protocol_settings(result)[1].items())
+    return f"#### {title}{result['dataset']}, n = {result['kbs']}, {steps:,} steps per KB ({result['worker_type']}: {settings}{strategy}; seed {result['seed']})"
+
+
+def protocol_settings(result: dict) -> tuple[dict, dict]:
+    """The job settings and strategy settings a result ran with, the same whichever version of this script wrote it.
+
+    Files written before architecture v2 keep ``warmup_steps`` (and ``pretrain_rounds``, ``teacher``
+    when set) in ``job_settings`` and have no ``strategy_settings``; later ones record the
+    ``combination`` every earlier run used. Settings at those defaults are left out.
+    """
+    job, strategy = dict(result["job_settings"]), dict(result.get("strategy_settings") or {})
+    for key, default in MOVED_TO_STRATEGIES.items():
+        if key in job:
+            strategy.setdefault(key, job.pop(key))
+        if key in strategy and strategy[key] == default:
+            del strategy[key]
+    for key, default in ADDED_JOB_SETTINGS.items():
+        if key in job and job[key] == default:
+            del job[key]
+    return job, strategy
 
 
 def protocol(result: dict, kbs: int | None = None) -> str:
-    """What makes two results comparable: dataset, KB count, model, its settings and the job's."""
-    return json.dumps([result["dataset"], result["kbs"] if kbs is None else kbs, result["worker_type"], result["worker_settings"], result["job_settings"], result["seed"]])
+    """What makes two results comparable: dataset, KB count, model, its settings, the job's and the strategies'."""
+    job, strategy = protocol_settings(result)
+    return json.dumps([result["dataset"], result["kbs"] if kbs is None else kbs, result["worker_type"], result["worker_settings"], job, strategy, result["seed"]])
 
 
 def pooled(results: list[dict]) -> list[dict]:

@@ -5,6 +5,7 @@ The coordinator builds views (:mod:`kdmkb.coordinator.alignment`) and imports th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,21 @@ class PeerPools:
         if candidates is not None:
             shared = shared and bool((self.relation_mask if kind == QueryKind.RELATION else self.entity_mask)[candidates].all())
         return shared
+
+    def exchangeable(self, triples: torch.Tensor, relations: bool) -> Iterator[tuple[QueryKind, torch.Tensor, torch.Tensor]]:
+        """``(kind, selected, queries)`` per kind of query worth exchanging with this peer about ``triples``.
+
+        ``selected`` marks the triples whose query has both given parts shared; a kind is skipped when
+        none has, or when the peer shares fewer than two candidates (a softmax over one carries nothing);
+        relation queries only when ``relations``.
+        """
+        for kind in (QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION):
+            if kind == QueryKind.RELATION and not relations:
+                continue
+            selected = self.shared_queries(kind, triples)
+            if self.pool(kind).numel() < 2 or not bool(selected.any()):
+                continue
+            yield kind, selected, triples[selected][:, list(QUERY_COLUMNS[kind])]
 
     def shared_queries(self, kind: QueryKind, triples: torch.Tensor) -> torch.Tensor:
         """Which triples' ``kind`` query has both given parts shared with this peer."""

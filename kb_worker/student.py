@@ -9,23 +9,19 @@ import numpy as np
 import torch
 
 from kdmkb.kb_worker import exchange
-from kdmkb.kb_worker.alignment_view import QUERY_COLUMNS, LocalAlignment
 from kdmkb.kb_worker.combining import LabelledRows, StepLessons, TeacherCombination
-from kdmkb.kb_worker.worker_types import QueryKind, WorkerType
-from kdmkb.services.config import DistillSettings
+from kdmkb.kb_worker.teacher import Side
+from kdmkb.kb_worker.worker_types import QueryKind
 from kdmkb.services.errors import DataError
 
 
-class Student:
+class Student(Side):
     """Learns ``(1-alpha) L_own + alpha L_KD`` where ``L_KD`` is its :class:`TeacherCombination` of the step's lessons."""
 
-    def __init__(self, name: str, job_id: str, model: WorkerType, alignment: LocalAlignment, distill: DistillSettings, combination: TeacherCombination) -> None:
-        self.name = name
-        self.job_id = job_id
-        self.model = model
-        self.alignment = alignment
-        self.distill = distill
+    def __init__(self, side: Side, combination: TeacherCombination) -> None:
+        super().__init__(**vars(side))
         self.combination = combination
+        model = self.model
         learned = combination.modules()
         extra = [{"params": list(learned.parameters()), "lr": model.settings.learning_rate}] if learned is not None else []
         self.optimizer = model.optimizer(extra)
@@ -41,18 +37,10 @@ class Student:
         blocks = []
         if pools is not None:
             for step, rows in enumerate(batches):
-                triples = train[rows]
-                for kind in (QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION):
-                    pool = pools.pool(kind)
-                    if kind == QueryKind.RELATION and not self.distill.relation_weight:
-                        continue
-                    selected = pools.shared_queries(kind, triples)
-                    if pool.numel() < 2 or not bool(selected.any()):
-                        continue
-                    queries = triples[selected][:, list(QUERY_COLUMNS[kind])]
+                for kind, _, queries in pools.exchangeable(train[rows], relations=bool(self.distill.relation_weight)):
                     candidates = None
                     if rule == "listed":
-                        candidates = self._own_candidates(kind, queries, pool)
+                        candidates = self._own_candidates(kind, queries, pools.pool(kind))
                         candidates = self.alignment.aligned_candidates(kind, candidates)
                     blocks.append(exchange.QueryBlock(kind, step, self.alignment.aligned_queries(kind, queries), candidates))
         message = exchange.Queries(self.job_id, round_, self.name, teacher, exchange.CANDIDATE_RULES[rule], self.distill.top_k, tuple(blocks))

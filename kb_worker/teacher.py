@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -12,17 +14,24 @@ from kdmkb.services.config import DistillSettings
 from kdmkb.services.errors import DataError
 
 
-class Teacher:
+@dataclass
+class Side:
+    """What both sides of a KB work with: its name, the job, the model, the alignment and the job's distillation settings."""
+
+    name: str
+    job_id: str
+    model: WorkerType
+    alignment: LocalAlignment
+    distill: DistillSettings
+
+
+class Teacher(Side):
     """Labels queries with its model's logits; only candidates shared with the student are ever named."""
 
-    def __init__(self, name: str, job_id: str, model: WorkerType, alignment: LocalAlignment, distill: DistillSettings, train: torch.Tensor, batch_size: int) -> None:
-        self.name = name
-        self.job_id = job_id
-        self.model = model
-        self.alignment = alignment
-        self.distill = distill
+    def __init__(self, side: Side, train: torch.Tensor, batch_size: int) -> None:
+        super().__init__(**vars(side))
         self.train = train
-        self._refresh_steps = distill.candidate_refresh_epochs * len(train) / batch_size
+        self._refresh_steps = self.distill.candidate_refresh_epochs * len(train) / batch_size
         # Each training triple's tail query (head, relation) and head query (relation, tail), as ids.
         self._query_ids = {
             kind: torch.from_numpy(np.unique(train[:, list(QUERY_COLUMNS[kind])].numpy(), axis=0, return_inverse=True)[1].reshape(-1))
@@ -55,14 +64,8 @@ class Teacher:
         rows = torch.cat(batches)
         triples = self.train[rows]
         blocks = []
-        for kind in (QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION):
+        for kind, selected, queries in pools.exchangeable(triples, relations=bool(self.distill.relation_weight)):
             pool = pools.pool(kind)
-            if kind == QueryKind.RELATION and not self.distill.relation_weight:
-                continue
-            selected = pools.shared_queries(kind, triples)
-            if pool.numel() < 2 or not bool(selected.any()):
-                continue  # softmax over a single candidate carries no information
-            queries = triples[selected][:, list(QUERY_COLUMNS[kind])]
             if kind == QueryKind.RELATION:
                 candidates = pool.expand(queries.shape[0], -1)
             else:

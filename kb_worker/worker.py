@@ -22,7 +22,7 @@ from kdmkb.kb_worker.combining import make_combination
 from kdmkb.kb_worker.data import KnowledgeBase, load_kb
 from kdmkb.kb_worker.ranking import KnownAnswers, RankingMetrics, evaluate_ranking
 from kdmkb.kb_worker.student import Student
-from kdmkb.kb_worker.teacher import Teacher
+from kdmkb.kb_worker.teacher import Side, Teacher
 from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 from kdmkb.services import metrics
 from kdmkb.services.config import DistillSettings
@@ -118,8 +118,8 @@ class KBWorker:
         """Both sides around ``model`` (the student side creates the optimiser)."""
         distill = self.distill
         combination = make_combination(distill.combination, distill.combination_settings, temperature=distill.temperature, relation_weight=distill.relation_weight)
-        teacher = Teacher(self.name, self.job_id, model, self.alignment, distill, self._train, self.settings.batch_size)
-        return model, teacher, Student(self.name, self.job_id, model, self.alignment, distill, combination)
+        side = Side(self.name, self.job_id, model, self.alignment, distill)
+        return model, Teacher(side, self._train, self.settings.batch_size), Student(side, combination)
 
     def configure(self, job_id: str, seed: int, distill: DistillSettings | dict | None = None, alignment: AlignmentView | None = None) -> dict:
         """Starts a job: a fresh model and optimiser from ``seed``, the job's distillation settings."""
