@@ -5,7 +5,7 @@ Run from the repository root::
     python bench/eval_time.py --data ../shared/data/wn18rr --dim 200 500 --norm 1 2 --threads 1 2
 
 For every combination of ``--dim``, ``--norm`` and ``--threads`` a TransE
-:class:`kb_worker.worker.KBWorker` is built on ``--data`` (the whole folder as one KB, so the
+:class:`kdmkb.kb_worker.worker.KBWorker` is built on ``--data`` (the whole folder as one KB, so the
 filter is its train + valid + test triples), configured, and ``KBWorker.evaluate('test')`` is
 timed: every test triple is ranked twice (tail given head and relation, head given relation and
 tail) against every entity, filtered. The model is untrained (its random initialisation): the

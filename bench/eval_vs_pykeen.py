@@ -4,7 +4,7 @@ Run from the repository root (PyKEEN comes with ``pip install -e '.[bench]'``)::
 
     python bench/eval_vs_pykeen.py --data ../shared/data/wn18rr --dim 200 --norm 1 2
 
-For each ``--norm`` a TransE :class:`kb_worker.worker.KBWorker` is built on ``--data`` (the whole
+For each ``--norm`` a TransE :class:`kdmkb.kb_worker.worker.KBWorker` is built on ``--data`` (the whole
 folder as one KB) and trained ``--train-steps`` steps, so that its rankings are not those of a
 random model; its embeddings are then copied into a PyKEEN ``TransE`` of the same size and norm.
 Both evaluators rank every test triple's tail and head against all entities, filtered by

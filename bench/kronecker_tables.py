@@ -7,7 +7,7 @@ Run from the repository root::
 
 ``run`` trains ``reciprocal-distmult`` (the paper's DistMult baseline, trained exactly like the
 Kronecker models), ``kd-rel-distmult`` (eq. 8) and ``kd-distmult`` (eq. 9) with plain in-process
-:class:`kb_worker.worker.KBWorker` objects (no Ray), prints per dataset and model test and train
+:class:`kdmkb.kb_worker.worker.KBWorker` objects (no Ray), prints per dataset and model test and train
 MRR/H@1/H@3/H@10, the number of trainable parameters and the wall time next to the paper's
 figures, and writes them as JSON. ``render`` turns JSON files into the Markdown tables between the
 ``<!-- tables:begin -->`` and ``<!-- tables:end -->`` markers of the results document.

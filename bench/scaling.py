@@ -5,9 +5,9 @@ machine's interface address otherwise)::
 
     scripts/loopback-only .venv/bin/python bench/scaling.py --data ../shared/data/wn18rr
 
-For every KB count the dataset is cut with :func:`services.split.split_dataset` (co-occurring
+For every KB count the dataset is cut with :func:`kdmkb.services.split.split_dataset` (co-occurring
 alignment) and the split's ``job.toml`` is submitted, with small settings, to an in-process
-coordinator over its gRPC API (:func:`services.client.embedded_coordinator`, the path of
+coordinator over its gRPC API (:func:`kdmkb.services.client.embedded_coordinator`, the path of
 ``kdmkb run``). The figure is the coordinator's own round timing (``JobEvent.round_seconds``:
 every teacher's ``teach``, the routing of soft labels, every student's ``train``). The nodes are
 two raylet processes of one ``ray.cluster_utils.Cluster`` on this machine, as in the integration

@@ -4,8 +4,8 @@ Run from the repository root::
 
     python bench/step_cost.py --data ../shared/data/wn18rr --refresh-epochs 2
 
-The dataset is cut into two KBs with :func:`services.split.split_dataset` (co-occurring
-alignment). Three plain :class:`kb_worker.worker.KBWorker` objects live in this one process:
+The dataset is cut into two KBs with :func:`kdmkb.services.split.split_dataset` (co-occurring
+alignment). Three plain :class:`kdmkb.kb_worker.worker.KBWorker` objects live in this one process:
 
 * ``independent``: the measured KB (``--kb``, default kb1) training alone (``train`` without
   soft labels);

@@ -8,7 +8,7 @@ Variants, all TransE L1 with the same dim, negatives per positive, batch, margin
 (uniform in +-(margin + 2) / dim), self-adversarial loss and temperature, Adam and learning rate,
 trained in this one process with the same torch thread count:
 
-* ``ours``: :meth:`kb_worker.worker.KBWorker.train` of a ``transe`` worker, the code path a job
+* ``ours``: :meth:`kdmkb.kb_worker.worker.KBWorker.train` of a ``transe`` worker, the code path a job
   runs (without Ray: actor calls are a per-round cost, not a per-step one).
 * ``bare``: the same math written as a plain PyTorch loop: per positive, a coin flip picks the
   corrupted side, negatives are uniform over all entities, and negatives that are training
@@ -209,6 +209,7 @@ def evaluate_weights(evaluator: KBWorker, weights: tuple[torch.Tensor, torch.Ten
     with torch.no_grad():
         model.entity.weight.copy_(weights[0])
         model.relation.weight.copy_(weights[1])
+    evaluator.model.updates += 1  # new weights: a cached search index of the old ones must not be reused
     return evaluator.evaluate("test")
 
 
