@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdmkb.kb_worker.data import Features
+from kdmkb.kb_worker.data import EntityTexts, Features, RelationTexts
 from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
 from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
 from kdmkb.services.errors import PreconditionError
@@ -21,10 +21,17 @@ from kdmkb.services.errors import PreconditionError
 NUM_ENTITIES, NUM_RELATIONS = 9, 3
 
 
-def _kb(make_kb, *, features: bool = False):
+def _kb(make_kb, *, features: bool = False, texts: bool = False):
     rng = np.random.default_rng(0)
     triples = np.unique(np.stack([rng.integers(0, NUM_ENTITIES, 60), rng.integers(0, NUM_RELATIONS, 60), rng.integers(0, NUM_ENTITIES, 60)], 1), axis=0)
     kb = make_kb(NUM_ENTITIES, NUM_RELATIONS, train=triples[:-6], valid=triples[-6:-3], test=triples[-3:])
+    if texts:
+        present = np.ones(NUM_ENTITIES, dtype=bool)
+        present[-1] = False  # one entity without text
+        names = tuple(f"entity {i}" if i < NUM_ENTITIES - 1 else "" for i in range(NUM_ENTITIES))
+        descriptions = tuple(f"the {i}th thing of the toy kb" if i < NUM_ENTITIES - 1 else "" for i in range(NUM_ENTITIES))
+        relation_text = RelationTexts(tuple(f"relation {r}" for r in range(NUM_RELATIONS)), np.ones(NUM_RELATIONS, dtype=bool))
+        kb = dataclasses.replace(kb, entity_text=EntityTexts(names, descriptions, present), relation_text=relation_text)
     if features:
         values = rng.standard_normal((NUM_ENTITIES, 5)).astype(np.float32)
         present = np.ones(NUM_ENTITIES, dtype=bool)
@@ -34,16 +41,19 @@ def _kb(make_kb, *, features: bool = False):
     return kb
 
 
-# name -> (settings on the tiny KB, whether the KB needs a feature matrix)
-CASES: dict[str, tuple[dict, bool]] = {
-    "transe": ({"dim": 8}, False),
-    "distmult": ({"dim": 8}, False),
-    "complex": ({"dim": 4}, False),
-    "rotate": ({"dim": 4}, False),
-    "reciprocal-distmult": ({"dim": 8}, False),
-    "kd-rel-distmult": ({"dim": 16}, False),
-    "kd-distmult": ({"dim": 16}, False),
-    "feature-mlp": ({"features": "numeric", "hidden": 8, "dim": 4}, True),
+# A settings value that the tiny random BERT's folder (conftest's tiny_encoder) replaces.
+TINY_ENCODER = "<tiny encoder>"
+
+# name -> (settings on the tiny KB, what the KB folder must carry besides triples: "features", "texts")
+CASES: dict[str, tuple[dict, frozenset[str]]] = {
+    "transe": ({"dim": 8}, frozenset()),
+    "distmult": ({"dim": 8}, frozenset()),
+    "complex": ({"dim": 4}, frozenset()),
+    "rotate": ({"dim": 4}, frozenset()),
+    "reciprocal-distmult": ({"dim": 8}, frozenset()),
+    "kd-rel-distmult": ({"dim": 16}, frozenset()),
+    "kd-distmult": ({"dim": 16}, frozenset()),
+    "feature-mlp": ({"features": "numeric", "hidden": 8, "dim": 4}, frozenset({"features"})),
 }
 
 
@@ -53,10 +63,11 @@ def test_every_registered_worker_type_has_a_contract_case():
 
 @pytest.fixture(params=sorted(CASES))
 def worker(request, make_kb) -> WorkerType:
-    settings, features = CASES[request.param]
+    settings, carries = CASES[request.param]
+    settings = {key: request.getfixturevalue("tiny_encoder") if value == TINY_ENCODER else value for key, value in settings.items()}
     cls = WORKER_TYPES.get(request.param)
     torch.manual_seed(0)
-    built = cls(_kb(make_kb, features=features), cls.validate_settings(settings))
+    built = cls(_kb(make_kb, features="features" in carries, texts="texts" in carries), cls.validate_settings(settings))
     built.name = request.param
     return built
 
@@ -169,7 +180,6 @@ def test_train_scores_equal_the_own_loss_and_separate_scores(worker):
 
 def test_state_dict_round_trip_restores_every_score(worker, make_kb):
     worker.modules().eval()
-    settings, features = CASES[worker.name]
     cls = type(worker)
     torch.manual_seed(7)
     other = cls(worker.kb, worker.settings)
