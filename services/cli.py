@@ -86,7 +86,8 @@ def _print_table(reports: list[dict]) -> None:
         for report in reports:
             m = report["kbs"].get(kb)
             if m:
-                typer.echo(f"{kb:<12}{report['strategy']:<14}{m['mrr']:>8.4f}{m['mr']:>9.2f}{m['hits@1']:>8.4f}{m['hits@3']:>8.4f}{m['hits@10']:>8.4f}")
+                how = f"  {m['ranking']}, retriever recall {m['retriever_recall']:.4f}" if "ranking" in m else ""
+                typer.echo(f"{kb:<12}{report['strategy']:<14}{m['mrr']:>8.4f}{m['mr']:>9.2f}{m['hits@1']:>8.4f}{m['hits@3']:>8.4f}{m['hits@10']:>8.4f}{how}")
 
 
 def _write_report(path: Path | None, report: dict) -> None:

@@ -22,8 +22,12 @@ def state_name(state: int) -> str:
     return pb.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
-def metrics_dict(message: pb.Metrics) -> dict[str, float]:
-    return {key: getattr(message, field) for key, field in REPORT_KEYS}
+def metrics_dict(message: pb.Metrics) -> dict:
+    """The report's metrics; a retrieve-then-rerank ranking also names itself and its retriever's recall."""
+    values = {key: getattr(message, field) for key, field in REPORT_KEYS}
+    if message.ranking and message.ranking != "exact":
+        values.update(ranking=message.ranking, retriever_recall=message.retriever_recall)
+    return values
 
 
 class CoordinatorClient:
