@@ -34,6 +34,7 @@ class RankingMetrics:
     seconds: float = 0.0
     ranking: str = "exact"
     retriever_recall: float | None = None  # rerank only: share of targets in the retriever's top k
+    by_degree: dict[str, dict] | None = None  # with degrees given: the metrics per degree bucket of the target
 
     @classmethod
     def from_ranks(cls, ranks: torch.Tensor, seconds: float = 0.0, **how) -> "RankingMetrics":
@@ -92,6 +93,23 @@ def filtered_ranks(scores: torch.Tensor, targets: torch.Tensor, known_rows: torc
     return 1.0 + greater.double() + equal.double() / 2.0
 
 
+def degree_bucket(degree: int) -> str:
+    """The bucket of a train degree: "0", "1", "2-3", "4-7", ... (powers of two, as LMKE's long-tail figure groups entities)."""
+    if degree < 2:
+        return str(degree)
+    low = 1 << (degree.bit_length() - 1)
+    return f"{low}-{2 * low - 1}"
+
+
+def metrics_by_degree(ranks: torch.Tensor, degrees: torch.Tensor) -> dict[str, dict]:
+    """MRR, Hits@10 and the query count per degree bucket of each query's target, buckets in increasing order."""
+    buckets: dict[str, list[int]] = {}
+    for row, degree in enumerate(degrees.tolist()):
+        buckets.setdefault(degree_bucket(int(degree)), []).append(row)
+    ordered = sorted(buckets.items(), key=lambda item: int(item[0].split("-")[0]))
+    return {name: {"num_queries": len(rows), "mrr": float((1.0 / ranks[rows].double()).mean()), "hits_at_10": float((ranks[rows] <= 10).double().mean())} for name, rows in ordered}
+
+
 def reranked_scores(
     score: Callable[[QueryKind, torch.Tensor, torch.Tensor], torch.Tensor],
     ranking: Ranking,
@@ -126,15 +144,17 @@ def evaluate_ranking(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     ranking: Ranking = Ranking(),
+    degrees: np.ndarray | None = None,
 ) -> RankingMetrics:
     """Filtered ranks of every triple's tail (given head, relation) and head (given relation, tail).
 
     ``score(kind, queries)`` scores every entity; with a retriever in ``ranking``,
-    ``score(kind, queries, candidates)`` re-scores its top k.
+    ``score(kind, queries, candidates)`` re-scores its top k. With ``degrees`` (each entity's
+    train degree), the metrics are also given per degree bucket of the target entity.
     """
     started = time.perf_counter()
     triples_t = torch.from_numpy(np.asarray(triples, dtype=np.int64))
-    ranks, retrieved = [], []
+    ranks, retrieved, target_ids = [], [], []
     with torch.no_grad():
         for start in range(0, triples_t.shape[0], batch_size):
             batch = triples_t[start : start + batch_size]
@@ -149,7 +169,10 @@ def evaluate_ranking(
                     scores, hit = reranked_scores(score, ranking, kind, queries, targets, rows, entities)
                     retrieved.append(hit)
                 ranks.append(filtered_ranks(scores, targets, rows, entities))
+                target_ids.append(targets)
             if progress is not None:
                 progress(batch.shape[0])
     recall = float(torch.cat(retrieved).double().mean()) if retrieved else None
-    return RankingMetrics.from_ranks(torch.cat(ranks), seconds=time.perf_counter() - started, ranking=ranking.label, retriever_recall=recall)
+    all_ranks = torch.cat(ranks)
+    by_degree = metrics_by_degree(all_ranks, torch.from_numpy(np.asarray(degrees))[torch.cat(target_ids)]) if degrees is not None else None
+    return RankingMetrics.from_ranks(all_ranks, seconds=time.perf_counter() - started, ranking=ranking.label, retriever_recall=recall, by_degree=by_degree)

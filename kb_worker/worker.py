@@ -209,10 +209,14 @@ class KBWorker:
         return {"loss": result["loss"], "kd_loss": result["kd_loss"], "steps": self.step, "seconds": seconds, "triples": triples}
 
     # -- evaluation and serving ------------------------------------------------------------
-    def evaluate(self, split: str = "test") -> dict:
+    def evaluate(self, split: str = "test", by_degree: bool = False) -> dict:
+        """Filtered ranking metrics of ``split``; ``by_degree`` adds them per bucket of the target's train degree."""
         triples = self.kb.split(split)
+        degrees = np.bincount(self.kb.train[:, [0, 2]].ravel(), minlength=len(self.kb.entities)) if by_degree else None
         with self._evaluating() as model:
-            result: RankingMetrics = evaluate_ranking(model.score, triples, self.known, batch_size=self.settings.eval_batch_size, ranking=model.ranking())
+            result: RankingMetrics = evaluate_ranking(
+                model.score, triples, self.known, batch_size=self.settings.eval_batch_size, ranking=model.ranking(), degrees=degrees
+            )
         metrics.WORKER_MRR.labels(self.name, self.job_id, split).set(result.mrr)
         metrics.WORKER_HITS10.labels(self.name, self.job_id, split).set(result.hits_at_10)
         return result.as_dict()

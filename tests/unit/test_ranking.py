@@ -291,3 +291,37 @@ def test_rerank_matches_brute_force_and_reports_recall(k):
     if k == NUM_ENTITIES:  # everything retrieved: the reranker's exact ranking
         exact = evaluate_ranking(lambda kind, queries: lookup(reranker_table, kind, queries), test, known)
         assert metrics.mrr == pytest.approx(exact.mrr) and metrics.retriever_recall == 1.0 and exact.ranking == "exact"
+
+
+# -- metrics per degree bucket of the target (LMKE's long-tail figure) ----------------------------
+def test_degree_buckets_are_powers_of_two():
+    from kdmkb.kb_worker.ranking import degree_bucket
+
+    assert [degree_bucket(d) for d in (0, 1, 2, 3, 4, 7, 8, 100)] == ["0", "1", "2-3", "2-3", "4-7", "4-7", "8-15", "64-127"]
+
+
+def test_metrics_by_degree_split_the_ranks_by_their_targets_degree():
+    train, valid, test = random_splits(11)
+    known = KnownAnswers(np.concatenate([train, valid, test]), NUM_ENTITIES, NUM_RELATIONS)
+    rng = np.random.default_rng(5)
+    table = torch.from_numpy(rng.normal(size=(NUM_ENTITIES, NUM_RELATIONS, NUM_ENTITIES)).astype(np.float32))
+
+    def score(kind, queries):
+        return table[queries[:, 0], queries[:, 1]] if kind == QueryKind.TAIL else table[queries[:, 1], queries[:, 0]]
+
+    degrees = np.bincount(train[:, [0, 2]].ravel(), minlength=NUM_ENTITIES)
+    metrics = evaluate_ranking(score, test, known, batch_size=4, degrees=degrees)
+    plain = evaluate_ranking(score, test, known, batch_size=4)
+    assert plain.by_degree is None and metrics.mrr == plain.mrr
+    buckets = metrics.by_degree
+    assert sum(b["num_queries"] for b in buckets.values()) == metrics.num_queries
+    # the count-weighted mean of the buckets' MRR is the overall MRR, and each target lands in its own bucket
+    assert sum(b["mrr"] * b["num_queries"] for b in buckets.values()) / metrics.num_queries == pytest.approx(metrics.mrr)
+    from kdmkb.kb_worker.ranking import degree_bucket
+
+    expected = {}
+    for h, r, t in test.tolist():
+        for target in (t, h):
+            expected[degree_bucket(int(degrees[target]))] = expected.get(degree_bucket(int(degrees[target])), 0) + 1
+    assert {name: b["num_queries"] for name, b in buckets.items()} == expected
+    assert list(buckets) == sorted(buckets, key=lambda name: int(name.split("-")[0]))
