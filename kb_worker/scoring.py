@@ -13,6 +13,15 @@ import torch
 METRICS = ("l1", "l2", "ip", "complex_l1")
 
 
+def complex_product(a: torch.Tensor, b: torch.Tensor, *, conjugate_a: bool = False) -> torch.Tensor:
+    """Elementwise product of complex vectors stored as ``[real | imaginary]``."""
+    a_re, a_im = a.chunk(2, dim=-1)
+    b_re, b_im = b.chunk(2, dim=-1)
+    if conjugate_a:
+        a_im = -a_im
+    return torch.cat([a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re], dim=-1)
+
+
 def matched_scores(queries: torch.Tensor, keys: torch.Tensor, metric: str) -> torch.Tensor:
     """Scores of broadcast pairs: ``queries[..., d]`` against ``keys[..., d]`` -> ``[...]``."""
     if metric == "ip":

@@ -250,6 +250,40 @@ def export(kb: str, out: Annotated[Path, typer.Option("--out", help="Output .npz
     typer.echo(f"wrote {', '.join(f'{n} {kind} vectors' for kind, n in counts.items())} to {out}")
 
 
+features_app = typer.Typer(no_args_is_help=True, help="Per-entity feature matrices for a KB folder (features/<modality>.npy; docs/data.md).")
+app.add_typer(features_app, name="features")
+KBDirArgument = Annotated[Path, typer.Argument(help="The KB folder (train/valid/test TSV, entities.tsv, ...).")]
+
+
+@features_app.command("text")
+@guarded
+def features_text(
+    kb_dir: KBDirArgument,
+    encoder: Annotated[str, typer.Option("--encoder", help="Hugging Face encoder folder (offline); default: the packaged all-MiniLM-L6-v2.")] = "",
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per entity text.")] = 128,
+) -> None:
+    """Encode each entity's name and description (entity_text.tsv) into features/text.npy."""
+    from kdmkb.services.features import text_features
+
+    path, counts = text_features(kb_dir, encoder, max_length=max_length)
+    typer.echo(f"wrote {path}: {counts['entities']} entities x {counts['dim']}; {counts['missing_entities']} without text (recorded as missing)")
+
+
+@features_app.command("numeric")
+@guarded
+def features_numeric(
+    kb_dir: KBDirArgument, literals: Annotated[Path, typer.Option("--literals", help="entity<TAB>attribute<TAB>value lines (.tsv or .tsv.gz).")]
+) -> None:
+    """Normalise numeric literals into features/numeric.npy (a value and a presence flag per attribute)."""
+    from kdmkb.services.features import numeric_features
+
+    path, counts = numeric_features(kb_dir, literals)
+    typer.echo(
+        f"wrote {path}: {counts['entities']} entities x {counts['attributes']} attributes (value + presence); "
+        f"{counts['missing_entities']} entities without literals (recorded as missing); {counts['skipped_literals']} literals of other entities skipped"
+    )
+
+
 cluster_app = typer.Typer(no_args_is_help=True, help="The cluster as local processes (no Docker): Ray head, one Ray node per KB, coordinator, Prometheus.")
 app.add_typer(cluster_app, name="cluster")
 StateDirOption = Annotated[Path, typer.Option("--state-dir", help="Where the cluster keeps its pids (cluster.json), logs, coordinator data and Prometheus data.")]

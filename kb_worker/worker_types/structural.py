@@ -18,7 +18,7 @@ from torch import nn
 from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase, contains_sorted
 from kdmkb.kb_worker.losses import logistic_loss, self_adversarial_loss
-from kdmkb.kb_worker.scoring import all_pairs_scores, matched_scores
+from kdmkb.kb_worker.scoring import all_pairs_scores, complex_product, matched_scores
 from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 
 # The faiss metric each score metric retrieves with. faiss has no BLAS path for L1 (measured:
@@ -102,15 +102,6 @@ class DistMultModel(StructuralModel):
         return relation * tail
 
 
-def _complex_product(a: torch.Tensor, b: torch.Tensor, *, conjugate_a: bool = False) -> torch.Tensor:
-    """Elementwise product of complex vectors stored as ``[real | imaginary]``."""
-    a_re, a_im = a.chunk(2, dim=-1)
-    b_re, b_im = b.chunk(2, dim=-1)
-    if conjugate_a:
-        a_im = -a_im
-    return torch.cat([a_re * b_re - a_im * b_im, a_re * b_im + a_im * b_re], dim=-1)
-
-
 class ComplExModel(StructuralModel):
     """Trouillon et al. 2016: ``Re(<h, r, conj(t)>)`` as an inner product of real-ified vectors."""
 
@@ -120,10 +111,10 @@ class ComplExModel(StructuralModel):
     relation_width = 2
 
     def tail_query(self, head, relation):
-        return _complex_product(head, relation)
+        return complex_product(head, relation)
 
     def head_query(self, relation, tail):
-        return _complex_product(relation, tail, conjugate_a=True)
+        return complex_product(relation, tail, conjugate_a=True)
 
 
 class RotatEModel(StructuralModel):
@@ -142,11 +133,11 @@ class RotatEModel(StructuralModel):
         return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
     def tail_query(self, head, relation):
-        return _complex_product(head, self._rotation(relation))
+        return complex_product(head, self._rotation(relation))
 
     def head_query(self, relation, tail):
         # |h r - t| = |h - conj(r) t| because |r| = 1.
-        return _complex_product(self._rotation(relation), tail, conjugate_a=True)
+        return complex_product(self._rotation(relation), tail, conjugate_a=True)
 
 
 class StructuralWorker(WorkerType):

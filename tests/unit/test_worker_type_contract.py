@@ -54,6 +54,7 @@ CASES: dict[str, tuple[dict, frozenset[str]]] = {
     "kd-rel-distmult": ({"dim": 16}, frozenset()),
     "kd-distmult": ({"dim": 16}, frozenset()),
     "feature-mlp": ({"features": "numeric", "hidden": 8, "dim": 4}, frozenset({"features"})),
+    "feature-complex": ({"features": "numeric", "rank": 4, "n3": 0.01, "init_scale": 0.3}, frozenset({"features"})),
 }
 
 
