@@ -125,14 +125,14 @@ def reranked_scores(
     ``score`` re-scores those k, and every other entity gets the lowest finite score, so that a
     target outside the top k ties with the rest of the unfiltered entities.
     """
-    retrieved = torch.nan_to_num(ranking.retriever(kind, queries).float(), nan=torch.finfo(torch.float32).min)
+    retrieved = torch.nan_to_num(ranking.retriever(kind, queries).float().cpu(), nan=torch.finfo(torch.float32).min)
     rows = torch.arange(queries.shape[0])
     target_scores = retrieved[rows, targets].clone()
     retrieved[known_rows, known_entities] = float("-inf")
     retrieved[rows, targets] = target_scores
     top = retrieved.topk(min(ranking.k, retrieved.shape[1]), dim=1).indices
     scores = torch.full_like(retrieved, torch.finfo(torch.float32).min)
-    scores.scatter_(1, top, score(kind, queries, top).float())
+    scores.scatter_(1, top, score(kind, queries, top).float().cpu())
     return scores, (top == targets[:, None]).any(dim=1)
 
 

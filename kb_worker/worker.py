@@ -214,8 +214,12 @@ class KBWorker:
         triples = self.kb.split(split)
         degrees = np.bincount(self.kb.train[:, [0, 2]].ravel(), minlength=len(self.kb.entities)) if by_degree else None
         with self._evaluating() as model:
+
+            def score(kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+                return model.score(kind, queries.to(model.device), None if candidates is None else candidates.to(model.device))
+
             result: RankingMetrics = evaluate_ranking(
-                model.score, triples, self.known, batch_size=self.settings.eval_batch_size, ranking=model.ranking(), degrees=degrees
+                score, triples, self.known, batch_size=self.settings.eval_batch_size, ranking=model.ranking(), degrees=degrees
             )
         metrics.WORKER_MRR.labels(self.name, self.job_id, split).set(result.mrr)
         metrics.WORKER_HITS10.labels(self.name, self.job_id, split).set(result.hits_at_10)

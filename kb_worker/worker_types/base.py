@@ -173,8 +173,8 @@ class WorkerType(abc.ABC):
         result = torch.empty(queries.shape[0], width)  # one result, filled slice by slice (see all_pairs_scores)
         with torch.no_grad():
             for start in range(0, queries.shape[0], per_call):
-                part = None if candidates is None else candidates[start : start + per_call]
-                result[start : start + per_call] = self.score(kind, queries[start : start + per_call], part).float().cpu()
+                part = None if candidates is None else candidates[start : start + per_call].to(self.device)
+                result[start : start + per_call] = self.score(kind, queries[start : start + per_call].to(self.device), part).float().cpu()
         return result
 
     def top_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
