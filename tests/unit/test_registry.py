@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerType
+from kdmkb.kb_worker.worker_types.kronecker import ReciprocalWorker
 from kdmkb.kb_worker.worker_types.structural import StructuralWorker
 from kdmkb.services.errors import ConfigError
 from kdmkb.services.registry import Registry
@@ -36,8 +37,8 @@ def _is_structural(name: str) -> bool:
 
 
 STRUCTURAL = [name for name in WORKER_TYPES.names() if _is_structural(name)]
-# Types with entity and relation tables (the embedding models); the others' training has tests of its own.
-EMBEDDING = [name for name in WORKER_TYPES.names() if WORKER_TYPES.get(name).embeddings is not WorkerType.embeddings]
+# Types that can train by negative sampling over entity tables (structural, Kronecker); the others' training has tests of its own.
+NEGATIVE_SAMPLING = [name for name in WORKER_TYPES.names() if issubclass(WORKER_TYPES.get(name), StructuralWorker | ReciprocalWorker)]
 
 
 def _negative_sampling_settings(name: str, **settings) -> dict:
@@ -88,7 +89,7 @@ def train_kb(make_kb):
     return make_kb(12, 3, train=triples.numpy())
 
 
-@pytest.mark.parametrize("name", EMBEDDING)
+@pytest.mark.parametrize("name", NEGATIVE_SAMPLING)
 @pytest.mark.parametrize("loss", ["self-adversarial", "logistic"])
 def test_every_embedding_type_builds_and_trains_one_step(name, loss, train_kb):
     cls = WORKER_TYPES.get(name)
@@ -127,7 +128,7 @@ def test_settings_are_validated():
     assert defaults.dim == 100 and defaults.norm == 1
 
 
-@pytest.mark.parametrize("name", EMBEDDING)
+@pytest.mark.parametrize("name", NEGATIVE_SAMPLING)
 def test_negatives_are_sampled_over_all_entities(name, make_kb):
     """A batch of two triples still moves most other entities: they were drawn as negatives."""
     kb = make_kb(12, 2, train=[[0, 0, 1], [2, 1, 3]])
