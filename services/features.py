@@ -76,7 +76,7 @@ def text_features(kb_dir: Path, encoder: str = "", batch_size: int = 64, max_len
     """``features/text.npy``: each entity's ``name, description`` mean-pooled by the encoder (MiniLM by default)."""
     import torch
 
-    from kdmkb.kb_worker.text import load_encoder
+    from kdmkb.kb_worker.worker_types.text import load_encoder
 
     kb = load_kb(kb_dir)
     if kb.entity_text is None:

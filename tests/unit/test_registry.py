@@ -21,7 +21,7 @@ BUILT_IN = ("complex", "distmult", "kd-distmult", "kd-rel-distmult", "reciprocal
 
 
 # Test modules whose COVERED_WORKER_TYPES name the worker types their score tests cover.
-SCORE_TEST_MODULES = ("test_scoring.py", "test_kronecker.py", "test_feature_mlp.py", "test_feature_complex.py")
+SCORE_TEST_MODULES = ("test_scoring.py", "test_kronecker.py", "test_feature_mlp.py", "test_feature_complex.py", "test_mtl_kgc.py", "test_lmke.py")
 
 
 def _test_module(filename: str):

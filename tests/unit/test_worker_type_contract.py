@@ -55,6 +55,8 @@ CASES: dict[str, tuple[dict, frozenset[str]]] = {
     "kd-distmult": ({"dim": 16}, frozenset()),
     "feature-mlp": ({"features": "numeric", "hidden": 8, "dim": 4}, frozenset({"features"})),
     "feature-complex": ({"features": "numeric", "rank": 4, "n3": 0.01, "init_scale": 0.3}, frozenset({"features"})),
+    "lmke": ({"encoder": TINY_ENCODER, "max_length": 32, "hidden": 16, "device": "cpu"}, frozenset({"texts"})),
+    "mtl-kgc": ({"encoder": TINY_ENCODER, "max_length": 32, "device": "cpu", "rerank_k": NUM_ENTITIES, "retriever_settings": {"dim": 4}}, frozenset({"texts"})),
 }
 
 
