@@ -109,11 +109,6 @@ class KBWorker:
         return {"entity": list(self.kb.entities.names), "relation": list(self.kb.relations.names)}
 
     # -- job set-up ------------------------------------------------------------------------
-    def set_alignment(self, view: AlignmentView) -> None:
-        self.alignment = LocalAlignment(self.name, self.kb, view)
-        if self.model is not None:
-            self.model, self.teacher, self.student = self._sides(self.model)
-
     def _sides(self, model: WorkerType) -> tuple[WorkerType, Teacher, Student]:
         """Both sides around ``model`` (the student side creates the optimiser)."""
         distill = self.distill
