@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from kdmkb.kb_worker.data import KnowledgeBase, Vocabulary
-from kdmkb.kb_worker.worker_types import QueryKind
 
 
 @pytest.fixture(autouse=True)

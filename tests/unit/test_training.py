@@ -8,7 +8,7 @@ import torch
 
 from kdmkb.kb_worker.data import load_kb
 from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
-from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind
+from kdmkb.kb_worker.worker_types import WORKER_TYPES
 
 UMLS = Path(__file__).parents[2] / "services" / "datasets" / "umls"
 
