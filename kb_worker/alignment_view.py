@@ -44,6 +44,11 @@ class PeerPools:
         """The candidates a query of ``kind`` may name: shared relations for relation queries, else shared entities."""
         return self.relation_pool if kind == QueryKind.RELATION else self.entity_pool
 
+    def with_random(self, kind: QueryKind, top: torch.Tensor, count: int) -> torch.Tensor:
+        """KD-MKB's candidates: each row of ``top`` followed by ``count`` random ids of the pool."""
+        pool = self.pool(kind)
+        return torch.cat([top, pool[torch.randint(pool.numel(), (top.shape[0], count))]], dim=1)
+
     def shares(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> bool:
         """Whether every given part of ``queries`` (local ids) and every candidate is shared with this peer."""
         first, second = (self.entity_mask if entity else self.relation_mask for entity in _ENTITY_PARTS[kind])

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from kdmkb.kb_worker import exchange
+from kdmkb.kb_worker.alignment_view import PeerPools
 from kdmkb.kb_worker.combining import LabelledRows, StepLessons, TeacherCombination
 from kdmkb.kb_worker.teacher import Side
 from kdmkb.kb_worker.worker_types import QueryKind
@@ -40,22 +41,18 @@ class Student(Side):
                 for kind, _, queries in pools.exchangeable(train[rows], relations=bool(self.distill.relation_weight)):
                     candidates = None
                     if rule == "listed":
-                        candidates = self._own_candidates(kind, queries, pools.pool(kind))
-                        candidates = self.alignment.aligned_candidates(kind, candidates)
+                        candidates = self.alignment.aligned_candidates(kind, self._own_candidates(kind, queries, pools))
                     blocks.append(exchange.QueryBlock(kind, step, self.alignment.aligned_queries(kind, queries), candidates))
         message = exchange.Queries(self.job_id, round_, self.name, teacher, exchange.CANDIDATE_RULES[rule], self.distill.top_k, tuple(blocks))
         return exchange.encode_queries(message)
 
-    def _own_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    def _own_candidates(self, kind: QueryKind, queries: torch.Tensor, pools: PeerPools) -> torch.Tensor:
+        """The student's own top-k among the shared ids plus as many random ones (every shared relation for relation queries)."""
+        pool = pools.pool(kind)
         if kind == QueryKind.RELATION:
             return pool.expand(queries.shape[0], -1)
-        was_training = self.model.modules().training
-        self.model.modules().eval()
-        try:
-            top = self.model.top_candidates(kind, queries, pool, self.distill.top_k)
-        finally:
-            self.model.modules().train(was_training)
-        return torch.cat([top, pool[torch.randint(pool.numel(), (queries.shape[0], top.shape[1]))]], dim=1)
+        top = self.model.top_candidates(kind, queries, pool, self.distill.top_k)
+        return pools.with_random(kind, top, top.shape[1])
 
     # -- lessons ---------------------------------------------------------------------------------
     def lessons(self, payloads: tuple[bytes, ...], weights: dict[str, float]) -> tuple[dict[int, StepLessons], list[str]]:

@@ -43,9 +43,6 @@ class Teacher(Side):
         scores = self.model.score_sliced(kind, queries, candidates) * self.model.logit_scale
         return scores.numpy().astype(np.dtype(self.distill.score_dtype))
 
-    def _random(self, pool: torch.Tensor, rows: int) -> torch.Tensor:
-        return pool[torch.randint(pool.numel(), (rows, self.distill.top_k))]
-
     # -- push: the teacher's own batches (KD-MKB) ------------------------------------------------
     def push(self, round_: int, batches: list[torch.Tensor], students: list[str], step: int) -> list[bytes]:
         """A ``SoftLabels`` message per student over the queries of ``batches`` it shares with that student."""
@@ -65,12 +62,10 @@ class Teacher(Side):
         triples = self.train[rows]
         blocks = []
         for kind, selected, queries in pools.exchangeable(triples, relations=bool(self.distill.relation_weight)):
-            pool = pools.pool(kind)
             if kind == QueryKind.RELATION:
-                candidates = pool.expand(queries.shape[0], -1)
+                candidates = pools.pool(kind).expand(queries.shape[0], -1)
             else:
-                top = self._cached_top(pools, kind, queries, rows[selected], step)
-                candidates = torch.cat([top, self._random(pool, queries.shape[0])], dim=1)
+                candidates = pools.with_random(kind, self._cached_top(pools, kind, queries, rows[selected], step), self.distill.top_k)
             blocks.extend(self._blocks(kind, steps[selected].numpy(), queries, candidates))
         return blocks
 
@@ -129,8 +124,7 @@ class Teacher(Side):
                 candidates = pool.expand(queries.shape[0], -1)
             else:
                 k = min(asked.top_k, pool.numel())
-                top = self.model.top_candidates(kind, queries, pool, k)
-                candidates = torch.cat([top, pool[torch.randint(pool.numel(), (queries.shape[0], k))]], dim=1)
+                candidates = pools.with_random(kind, self.model.top_candidates(kind, queries, pool, k), k)
             if not pools.shares(kind, queries, candidates):
                 raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
             blocks.extend(self._blocks(kind, np.full(queries.shape[0], block.step), queries, candidates))

@@ -170,8 +170,7 @@ class KBWorker:
     # -- learning --------------------------------------------------------------------------
     def ask(self, round_: int, steps: int, teacher: str, rule: str = "top-k") -> tuple:
         """Pull: ``(stats, payload)``, a ``Queries`` message for ``teacher`` over this round's batches."""
-        self._require_model()
-        with torch.no_grad():
+        with self._evaluating(), torch.no_grad():  # the listed rule searches the student's own model
             payload = self.student.ask(round_, self.schedule.batches(round_, steps), self._train, teacher, rule)
         metrics.WORKER_QUERY_SENT_BYTES.labels(self.name, teacher, self.job_id).inc(len(payload))
         return {"bytes": len(payload)}, payload

@@ -41,6 +41,16 @@ class QueryKind(IntEnum):
     RELATION = 3  # query = (head, tail)
 
 
+def reciprocal_tail_query(kind: QueryKind, queries: torch.Tensor, num_relations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(given entity, relation)`` of an entity query for a model with reciprocal relations (relation
+    ``r + num_relations`` is ``r``'s inverse): a TAIL query as it is, a HEAD query ``(r, t)`` as ``(t, r^-1)``."""
+    if kind == QueryKind.TAIL:
+        return queries[:, 0], queries[:, 1]
+    if kind == QueryKind.HEAD:
+        return queries[:, 1], queries[:, 0] + num_relations
+    raise ValueError(f"entity query expected, got {kind!r}")
+
+
 class WorkerSettings(BaseModel):
     """Settings every worker type accepts."""
 

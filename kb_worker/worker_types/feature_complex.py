@@ -26,7 +26,7 @@ from torch import nn
 from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase
 from kdmkb.kb_worker.scoring import complex_product
-from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
+from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType, reciprocal_tail_query
 from kdmkb.services.errors import ConfigError
 
 
@@ -103,14 +103,8 @@ class FeatureComplExWorker(WorkerType):
         groups = [group for group in (*self.parameter_groups(), *extra_groups) if group["params"]]
         return torch.optim.Adagrad(groups, lr=self.settings.learning_rate)
 
-    def _tail_form(self, kind: QueryKind, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(given entity, relation)``: TAIL queries as they are, HEAD ``(r, t)`` as ``(t, r^-1)``."""
-        if kind == QueryKind.TAIL:
-            return queries[:, 0], queries[:, 1]
-        return queries[:, 1], queries[:, 0] + self.num_relations
-
     def _query_vectors(self, entities: torch.Tensor, kind: QueryKind, queries: torch.Tensor) -> torch.Tensor:
-        given, relation = self._tail_form(kind, queries)
+        given, relation = reciprocal_tail_query(kind, queries, self.num_relations)
         return complex_product(entities[given], self.model.relation(relation))
 
     def score(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:

@@ -46,7 +46,7 @@ from torch import nn
 from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase, contains_sorted
 from kdmkb.kb_worker.losses import logistic_loss, self_adversarial_loss
-from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
+from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType, reciprocal_tail_query
 
 
 class ReciprocalSettings(WorkerSettings):
@@ -210,21 +210,13 @@ class ReciprocalWorker(WorkerType):
     def _answer_key(self, given: torch.Tensor, relation: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
         return (given * (2 * self.num_relations) + relation) * self.num_entities + answer
 
-    def _tail_form(self, kind: QueryKind, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(given entity, relation)`` ids: TAIL queries as they are, HEAD ``(r, t)`` as ``(t, r^-1)``."""
-        if kind == QueryKind.TAIL:
-            return queries[:, 0], queries[:, 1]
-        if kind == QueryKind.HEAD:
-            return queries[:, 1], queries[:, 0] + self.num_relations
-        raise ValueError(f"entity query expected, got {kind!r}")
-
     def _entity_rows(self, *ids: torch.Tensor) -> list[torch.Tensor]:
         """Entity vectors of several id tensors from one ``index_select`` (see the structural workers)."""
         rows = self.model.entity.weight.index_select(0, torch.cat([part.reshape(-1) for part in ids]))
         return [chunk.reshape(*part.shape, -1) for part, chunk in zip(ids, rows.split([part.numel() for part in ids]))]
 
     def _queries(self, kind: QueryKind, queries: torch.Tensor) -> torch.Tensor:
-        given, relation = self._tail_form(kind, queries)
+        given, relation = reciprocal_tail_query(kind, queries, self.num_relations)
         return self.model.query(self.model.entity(given), self.model.relation(relation))
 
     # -- scoring -------------------------------------------------------------------------
@@ -238,7 +230,7 @@ class ReciprocalWorker(WorkerType):
             heads, tails = self._entity_rows(queries[:, 0], queries[:, 1])
             vectors = model.query(heads[:, None, :], model.relation(candidates))  # [q, c, D]
             return (vectors * tails[:, None, :]).sum(-1)
-        given, relation = self._tail_form(kind, queries)
+        given, relation = reciprocal_tail_query(kind, queries, self.num_relations)
         given_rows, keys = self._entity_rows(given, candidates)
         vectors = model.query(given_rows, model.relation(relation))  # [q, D]
         return torch.einsum("qd,qcd->qc", vectors, keys)

@@ -47,7 +47,7 @@ from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase
 from kdmkb.kb_worker import ranking  # a module: ranking imports worker_types, which imports this
 from kdmkb.kb_worker.worker_types.text import TextSettings, encoder_path, entity_texts, load_encoder, relation_texts
-from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerType
+from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerType, reciprocal_tail_query
 from kdmkb.services.errors import ConfigError
 
 
@@ -283,12 +283,7 @@ class LMKEWorker(WorkerType):
 
     def _entity_queries(self, kind: QueryKind, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Query vectors ``[q, d]`` and the given entities of tail (h, r) or head (r, t) queries."""
-        if kind == QueryKind.TAIL:
-            given, relation_tokens = queries[:, 0], queries[:, 1]
-        elif kind == QueryKind.HEAD:
-            given, relation_tokens = queries[:, 1], queries[:, 0] + self.num_relations
-        else:
-            raise ValueError(f"entity query expected, got {kind!r}")
+        given, relation_tokens = reciprocal_tail_query(kind, queries, self.num_relations)
         return self._queries(given, relation_tokens), given
 
     def _entity_logits(self, vectors: torch.Tensor, given: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
