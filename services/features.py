@@ -38,7 +38,7 @@ def numeric_features(kb_dir: Path, literals: Path) -> tuple[Path, dict]:
     Literals of entities the KB does not have are skipped and counted.
     """
     kb = load_kb(kb_dir)
-    sums: dict[tuple[int, str], list[float]] = {}
+    literal_values: dict[tuple[int, str], list[float]] = {}
     skipped = 0
     for number, (entity, attribute, value) in read_rows(Path(literals), 3):
         local = kb.entities.index.get(entity)
@@ -51,16 +51,16 @@ def numeric_features(kb_dir: Path, literals: Path) -> tuple[Path, dict]:
             raise DataError(f"{literals} line {number}: value {value!r} is not a number") from None
         if not math.isfinite(number_value):
             raise DataError(f"{literals} line {number}: value {value!r} is not finite")
-        sums.setdefault((local, attribute), []).append(number_value)
-    if not sums:
+        literal_values.setdefault((local, attribute), []).append(number_value)
+    if not literal_values:
         raise DataError(f"{literals}: no literal names an entity of the KB in {kb_dir}")
-    attributes = sorted({attribute for _, attribute in sums})
+    attributes = sorted({attribute for _, attribute in literal_values})
     column = {attribute: i for i, attribute in enumerate(attributes)}
-    entities = sorted({local for local, _ in sums})
+    entities = sorted({local for local, _ in literal_values})
     row = {local: i for i, local in enumerate(entities)}
     values = np.zeros((len(entities), len(attributes)), dtype=np.float64)
     present = np.zeros_like(values, dtype=bool)
-    for (local, attribute), seen in sums.items():
+    for (local, attribute), seen in literal_values.items():
         values[row[local], column[attribute]] = sum(seen) / len(seen)
         present[row[local], column[attribute]] = True
     low = np.where(present, values, np.inf).min(axis=0)

@@ -181,7 +181,7 @@ def test_train_scores_equal_the_own_loss_and_separate_scores(worker):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_state_dict_round_trip_restores_every_score(worker, make_kb):
+def test_state_dict_round_trip_restores_every_score(worker):
     worker.modules().eval()
     cls = type(worker)
     torch.manual_seed(7)
