@@ -66,8 +66,7 @@ class Coordinator:
                 self.register_alignment(**spec)
             except KdmkbError as error:
                 log.error("cannot restore alignment %s <-> %s: %s", spec["kb_a"], spec["kb_b"], error)
-        for raw in self.store.load_jobs():
-            job = Job.from_dict(raw)
+        for job in self.store.load_jobs(Job.from_dict):
             self._jobs[job.job_id] = job
             if job.state == "RUNNING":
                 try:
@@ -189,7 +188,10 @@ class Coordinator:
         }
 
     # -- jobs ------------------------------------------------------------------------------
-    def create_job(self, strategy: str, kbs: list[str], settings: dict | None = None, strategy_settings: dict | None = None) -> Job:
+    def create_job(
+        self, strategy: str, kbs: list[str], settings: dict | None = None, strategy_settings: dict | None = None, resume_unfinished: bool = False
+    ) -> Job:
+        """A new job (CREATED); with ``resume_unfinished``, the same job's unfinished record where one exists."""
         _require(strategy, "strategy")
         _require(list(kbs), "kbs")
         if len(set(kbs)) != len(kbs):
@@ -201,6 +203,10 @@ class Coordinator:
         merge(list(kbs), self._job_alignments(kbs))  # conflicting alignments fail now, not later
         job = Job(strategy=strategy, kbs=list(kbs), settings=typed.model_dump(), strategy_settings=planner.settings.model_dump(exclude_unset=True))
         with self._lock:
+            if resume_unfinished:
+                same = [kept for kept in self._jobs.values() if kept.state != "SUCCEEDED" and kept.identity() == job.identity()]
+                if same:
+                    return max(same, key=lambda kept: kept.created_at)
             self._jobs[job.job_id] = job
         self.store.save_job(job.to_dict())
         self._export_job_states()

@@ -6,9 +6,14 @@ Without a data directory (tests, throw-away runs) nothing is persisted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class Store:
@@ -32,10 +37,25 @@ class Store:
             os.replace(temporary, path)
 
     @staticmethod
-    def _read(path: Path | None, default):
+    def set_aside(path: Path, reason: str) -> Path:
+        """Renames a damaged record to ``<name>.corrupt-<timestamp>`` (kept for a person to read) so the rest still loads."""
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}")
+        os.replace(path, aside)
+        log.error("%s: %s; set aside as %s", path, reason, aside.name)
+        return aside
+
+    def _read(self, path: Path | None, default, convert: Callable = lambda value: value):
+        """The record at ``path`` through ``convert``, or ``default`` when it is missing or damaged (then set aside)."""
         if path is None or not path.is_file():
             return default
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(value, type(default)):
+                raise TypeError(f"a JSON {type(value).__name__}, not a {type(default).__name__}")
+            return convert(value)
+        except (ValueError, TypeError, KeyError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self.set_aside(path, f"unreadable ({type(error).__name__}: {error})")
+            return default
 
     def save_kbs(self, kbs: dict) -> None:
         self._write(self._path("kbs.json"), kbs)
@@ -52,9 +72,11 @@ class Store:
     def save_job(self, job: dict) -> None:
         self._write(self._path("jobs", f"{job['job_id']}.json"), job)
 
-    def load_jobs(self) -> list[dict]:
+    def load_jobs(self, convert: Callable[[dict], object]) -> list:
+        """Every job record through ``convert`` (which raises on a record it cannot use); damaged ones are set aside."""
         jobs = self._path("jobs")
-        return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(jobs.glob("*.json"))] if jobs else []
+        loaded = [self._read(path, {}, convert) for path in sorted(jobs.glob("*.json"))] if jobs else []
+        return [job for job in loaded if job != {}]
 
     def save_scrape_targets(self, targets: list[dict]) -> None:
         """Prometheus file-based service discovery of the workers: a worker that moves is still scraped."""
