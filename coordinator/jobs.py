@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -48,12 +49,19 @@ class Job:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def identity(self) -> str:
+        """What makes two jobs the same run: strategy, KBs and both settings, as stored (JSON)."""
+        return json.dumps([self.strategy, self.kbs, self.settings, self.strategy_settings], sort_keys=True)
+
     @classmethod
     def from_dict(cls, raw: dict) -> "Job":
         return cls(**raw)
 
     def new_progress(self) -> dict:
-        return {"loss": 0.0, "kd_loss": 0.0, "steps": 0, "soft_label_bytes_sent": 0, "soft_label_bytes_received": 0, "query_bytes_sent": 0, "query_bytes_received": 0}
+        return {
+            **dict.fromkeys(("steps", "soft_label_bytes_sent", "soft_label_bytes_received", "query_bytes_sent", "query_bytes_received", "train_triples", "train_sequences"), 0),
+            **dict.fromkeys(("loss", "kd_loss", "train_seconds"), 0.0),
+        }
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,10 @@ class JobRunner(threading.Thread):
             self.job.progress[teacher]["soft_label_bytes_sent"] += size
             self.job.progress[student]["soft_label_bytes_received"] += size
         for kb, result in trained.items():
-            self.job.progress[kb].update(loss=result["loss"], kd_loss=result["kd_loss"], steps=result["steps"])
+            progress = self.job.progress[kb]
+            progress.update(loss=result["loss"], kd_loss=result["kd_loss"], steps=result["steps"])
+            for total, part in (("train_triples", "triples"), ("train_sequences", "sequences"), ("train_seconds", "seconds")):
+                progress[total] = progress.get(total, 0) + result[part]
         return time.perf_counter() - started, RoundResults(round_, trained, label_bytes)
 
     def _meter_queries(self, student: str, teacher: str, size: int) -> None:

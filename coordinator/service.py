@@ -188,7 +188,10 @@ class Coordinator:
         }
 
     # -- jobs ------------------------------------------------------------------------------
-    def create_job(self, strategy: str, kbs: list[str], settings: dict | None = None, strategy_settings: dict | None = None) -> Job:
+    def create_job(
+        self, strategy: str, kbs: list[str], settings: dict | None = None, strategy_settings: dict | None = None, resume_unfinished: bool = False
+    ) -> Job:
+        """A new job (CREATED); with ``resume_unfinished``, the same job's unfinished record where one exists."""
         _require(strategy, "strategy")
         _require(list(kbs), "kbs")
         if len(set(kbs)) != len(kbs):
@@ -200,6 +203,10 @@ class Coordinator:
         merge(list(kbs), self._job_alignments(kbs))  # conflicting alignments fail now, not later
         job = Job(strategy=strategy, kbs=list(kbs), settings=typed.model_dump(), strategy_settings=planner.settings.model_dump(exclude_unset=True))
         with self._lock:
+            if resume_unfinished:
+                same = [kept for kept in self._jobs.values() if kept.state != "SUCCEEDED" and kept.identity() == job.identity()]
+                if same:
+                    return max(same, key=lambda kept: kept.created_at)
             self._jobs[job.job_id] = job
         self.store.save_job(job.to_dict())
         self._export_job_states()

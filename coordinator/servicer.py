@@ -54,6 +54,9 @@ def progress_message(values: dict) -> pb.KBProgress:
         soft_label_bytes_received=values.get("soft_label_bytes_received", 0),
         query_bytes_sent=values.get("query_bytes_sent", 0),
         query_bytes_received=values.get("query_bytes_received", 0),
+        train_triples=values.get("train_triples", 0),
+        train_sequences=values.get("train_sequences", 0),
+        train_seconds=values.get("train_seconds", 0.0),
     )
 
 
@@ -156,7 +159,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @rpc
     def CreateJob(self, request, context):
-        job = self.coordinator.create_job(request.strategy, list(request.kbs), from_struct(request.settings), from_struct(request.strategy_settings))
+        job = self.coordinator.create_job(
+            request.strategy, list(request.kbs), from_struct(request.settings), from_struct(request.strategy_settings), request.resume_unfinished
+        )
         return pb.CreateJobResponse(job=job_message(job))
 
     @rpc

@@ -187,6 +187,7 @@ class KBWorker:
             metrics.WORKER_RECEIVED_MESSAGES.labels(self.name, teacher, self.job_id).inc()
         batches = [self._train[rows] for rows in self.schedule.batches(round_, steps)]
         self.schedule.end_round()
+        sequences_before = self.model.trained_sequences
         result = self.student.train(batches, lessons)
         self.step += len(batches)
         labels = (self.name, self.job_id)
@@ -200,7 +201,8 @@ class KBWorker:
         metrics.WORKER_TRIPLES.labels(*labels).inc(triples)
         metrics.WORKER_STEPS_RATE.labels(*labels).set(len(batches) / seconds if seconds > 0 else 0.0)
         metrics.WORKER_TRIPLES_RATE.labels(*labels).set(triples / seconds if seconds > 0 else 0.0)
-        return {"loss": result["loss"], "kd_loss": result["kd_loss"], "steps": self.step, "seconds": seconds, "triples": triples}
+        sequences = self.model.trained_sequences - sequences_before
+        return {"loss": result["loss"], "kd_loss": result["kd_loss"], "steps": self.step, "seconds": seconds, "triples": triples, "sequences": sequences}
 
     # -- evaluation and serving ------------------------------------------------------------
     def evaluate(self, split: str = "test", by_degree: bool = False) -> dict:

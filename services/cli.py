@@ -48,13 +48,22 @@ def guarded(function):
     return wrapper
 
 
-def _progress_printer(total: int, label: str):
-    bar = tqdm(total=total, desc=label, unit="round", dynamic_ncols=True, file=sys.stderr)
+def _kb_progress(progress) -> str:
+    """A KB's loss (and KD loss) and its training rate: sequences/s for text encoders, triples/s otherwise."""
+    text = f"{progress.loss:.3f}" + (f"/kd {progress.kd_loss:.3f}" if progress.kd_loss else "")
+    if progress.train_seconds > 0:
+        count, unit = (progress.train_sequences, "seq") if progress.train_sequences else (progress.train_triples, "triples")
+        text += f" {count / progress.train_seconds:,.1f} {unit}/s"
+    return text
+
+
+def _progress_printer(total: int, label: str, done: int = 0):
+    bar = tqdm(total=total, initial=done, desc=label, unit="round", dynamic_ncols=True, file=sys.stderr)
 
     def on_event(event) -> None:
         bar.update(event.round - bar.n)
         if event.progress:
-            bar.set_postfix({kb: f"{p.loss:.3f}" + (f"/kd {p.kd_loss:.3f}" if p.kd_loss else "") for kb, p in sorted(event.progress.items())}, refresh=False)
+            bar.set_postfix({kb: _kb_progress(p) for kb, p in sorted(event.progress.items())}, refresh=False)
         if event.kind == "evaluating":
             bar.set_description(f"{label} (evaluating)")
         if event.kind == "failed":
@@ -63,11 +72,13 @@ def _progress_printer(total: int, label: str):
     return bar, on_event
 
 
-def _run_job(client, job_file, strategy: str | None, label: str):
+def _run_job(client, job_file, strategy: str | None, label: str, resume_unfinished: bool = False):
     from kdmkb.services.client import job_report, state_name
 
-    job = client.submit(job_file, strategy)
-    bar, on_event = _progress_printer(job.total_rounds, label)
+    job = client.submit(job_file, strategy, resume_unfinished)
+    if job.round:
+        typer.echo(f"resuming job {job.job_id} ({state_name(job.state)}, round {job.round}/{job.total_rounds}) from its last checkpoint", err=True)
+    bar, on_event = _progress_printer(job.total_rounds, label, job.round)
     try:
         job = client.run(job.job_id, on_event)
     finally:
@@ -128,6 +139,14 @@ def run(
     coordinator: CoordinatorOption = None,
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override the job file's strategy.")] = None,
     report: ReportOption = None,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data-dir",
+            help="Keep the embedded coordinator's KBs, jobs and checkpoints here: the same command run again resumes "
+            "the unfinished job from its last checkpoint (a long run over several sittings). Default: nothing kept.",
+        ),
+    ] = None,
 ) -> None:
     """Run a job file on an embedded coordinator (default) or a running one."""
     from kdmkb.services.client import CoordinatorClient, embedded_coordinator
@@ -136,12 +155,14 @@ def run(
     _quiet_logs()
     job_file = load_job_file(config)
     if coordinator:
+        if data_dir:
+            fail("--data-dir: a running coordinator keeps its own data (kdmkb serve --data-dir); give one or the other")
         client = CoordinatorClient(coordinator)
         result = _run_job(client, job_file, strategy, strategy or job_file.strategy)
         client.close()
     else:
-        with embedded_coordinator() as client:
-            result = _run_job(client, job_file, strategy, strategy or job_file.strategy)
+        with embedded_coordinator(str(data_dir) if data_dir else None) as client:
+            result = _run_job(client, job_file, strategy, strategy or job_file.strategy, resume_unfinished=data_dir is not None)
     _print_table([result])
     _write_report(report, result)
 

@@ -40,10 +40,10 @@ class CoordinatorClient:
     def close(self) -> None:
         self.channel.close()
 
-    def submit(self, job_file: JobFile, strategy: str | None = None) -> pb.Job:
-        """Registers the job file's KBs and alignments and creates its job (not started)."""
+    def submit(self, job_file: JobFile, strategy: str | None = None, resume_unfinished: bool = False) -> pb.Job:
+        """Registers the job file's KBs and alignments and creates its job (not started), or finds its unfinished one."""
         self.register(job_file)
-        return self.create_job(job_file, strategy)
+        return self.create_job(job_file, strategy, resume_unfinished)
 
     def register(self, job_file: JobFile) -> None:
         """Registers the job file's KBs (one worker each) and alignments."""
@@ -60,10 +60,11 @@ class CoordinatorClient:
                 timeout=self.timeout,
             )
 
-    def create_job(self, job_file: JobFile, strategy: str | None = None) -> pb.Job:
+    def create_job(self, job_file: JobFile, strategy: str | None = None, resume_unfinished: bool = False) -> pb.Job:
         """Creates the job file's job over its already registered KBs (not started).
 
         ``strategy`` overrides the file's; the file's strategy settings go with its own strategy only.
+        ``resume_unfinished`` returns the same job's unfinished record instead, where there is one.
         """
         own = strategy in (None, job_file.strategy)
         request = pb.CreateJobRequest(
@@ -71,6 +72,7 @@ class CoordinatorClient:
             kbs=[kb.name for kb in job_file.kb],
             settings=to_struct(job_file.job),
             strategy_settings=to_struct(job_file.strategy_settings if own else {}),
+            resume_unfinished=resume_unfinished,
         )
         return self.stub.CreateJob(request, timeout=self.timeout).job
 

@@ -107,6 +107,8 @@ class WorkerType(abc.ABC):
         self.device = self.resolve_device(settings)
         # Optimiser steps taken; a cached search structure (a faiss index) is rebuilt when it changes.
         self.updates = 0
+        # Sequences a text encoder has run through in training (progress in sequences/s); 0 for types without one.
+        self.trained_sequences = 0
 
     # -- set-up ------------------------------------------------------------------------------
     @classmethod

@@ -223,6 +223,8 @@ class LMKEWorker(WorkerType):
         ``eval_batch_size`` sequences per pass, in order of length (less padding).
         """
         pad = self.special[3]
+        if encoder.training:
+            self.trained_sequences += len(sequences)
         words = self.model.query_encoder.get_input_embeddings()
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].ids))
         outputs = []

@@ -201,6 +201,8 @@ class MTLKGCWorker(WorkerType):
         encoder = self.network["encoder"]
         if not sequences:
             return torch.zeros(0, encoder.config.hidden_size, device=self.device)
+        if encoder.training:
+            self.trained_sequences += len(sequences)
         pad = self._special[2]
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
         chunks = []

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -135,10 +137,10 @@ def job_file(tmp_path_factory, worker_settings) -> Path:
     return write_job_file(summary, worker_settings=worker_settings, job=job)
 
 
-def _check_report(path: Path, strategy: str) -> dict:
+def _check_report(path: Path, strategy: str, rounds: int = 2) -> dict:
     report = json.loads(path.read_text())
     assert report["strategy"] == strategy
-    assert report["state"] == "SUCCEEDED" and report["rounds"] == 2
+    assert report["state"] == "SUCCEEDED" and report["rounds"] == rounds
     assert set(report["kbs"]) == {"kb1", "kb2"}
     for metrics in report["kbs"].values():
         assert set(metrics) == REPORT_METRICS
@@ -155,6 +157,43 @@ def test_run_writes_a_report(cli, ray_session, job_file, tmp_path):
     assert f"report written to {report_path}" in result.stdout
     for kb, metrics in report["kbs"].items():
         assert any(line.split()[:2] == [kb, "cooperative"] and f"{metrics['mrr']:.4f}" in line for line in result.stdout.splitlines()), result.stdout
+
+
+def _checkpointed_rounds(data_dir: Path) -> int:
+    records = [json.loads(path.read_text()) for path in (data_dir / "jobs").glob("*.json")] if (data_dir / "jobs").is_dir() else []
+    return max((record["checkpoint_round"] for record in records), default=0)
+
+
+@pytest.mark.slow  # two processes, each starting Ray: about 40 s
+def test_run_with_a_data_dir_resumes_after_ctrl_c(tmp_path, worker_settings):
+    """A long run over two sittings: Ctrl-C after some checkpoints, the same command again finishes the same job."""
+    summary = split_dataset(NATIONS, tmp_path / "kbs", kbs=2, seed=1)
+    rounds = 8
+    job = write_job_file(summary, worker_settings=worker_settings, job={"rounds": rounds, "steps_per_round": 3, "checkpoint_every": 1, "eval_every": 0, "top_k": 4})
+    data, report = tmp_path / "state", tmp_path / "report.json"
+    command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job), "--data-dir", str(data), "--report", str(report)]
+    env = {**os.environ, "NO_COLOR": "1"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while _checkpointed_rounds(data) < 2 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None, first.communicate()
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    finally:
+        first.kill()
+    [record_path] = (data / "jobs").glob("*.json")
+    interrupted = json.loads(record_path.read_text())
+    assert interrupted["state"] == "RUNNING" and 2 <= interrupted["checkpoint_round"] < rounds, interrupted
+    assert not report.exists()
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stderr
+    assert f"resuming job {interrupted['job_id']}" in second.stderr and f"round {interrupted['checkpoint_round']}/{rounds}" in second.stderr
+    assert json.loads(report.read_text())["job_id"] == interrupted["job_id"]
+    _check_report(report, "cooperative", rounds)
+    assert [path.name for path in (data / "jobs").glob("*.json")] == [record_path.name]  # no second job
 
 
 def test_run_on_a_running_coordinator_with_another_strategy(cli, grpc_address, job_file, tmp_path):

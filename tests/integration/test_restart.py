@@ -92,6 +92,8 @@ def test_jobs_survive_a_restart_and_running_ones_resume(ray_session, tmp_path, n
         assert jobs[done.job_id].state == "SUCCEEDED" and jobs[done.job_id].round == 2
         assert jobs[done.job_id].test_metrics == done_metrics and set(done_metrics) == set(kb_names)
         assert jobs[waiting.job_id].state == "CREATED"
+        # what `kdmkb run --data-dir` asks for: the same job, unfinished, is found rather than created again
+        assert second.create_job("cooperative", list(kb_names), {**settings, "rounds": LONG_ROUNDS}, resume_unfinished=True).job_id == long.job_id
 
         resumed = second.wait(long.job_id, TIMEOUT)
         assert resumed.state == "SUCCEEDED", resumed.error
@@ -107,6 +109,8 @@ def test_jobs_survive_a_restart_and_running_ones_resume(ray_session, tmp_path, n
         # a job created before the restart runs on the re-opened KBs
         second.start_job(waiting.job_id)
         assert second.wait(waiting.job_id, TIMEOUT).state == "SUCCEEDED"
+        # a succeeded job is not resumed: the same settings make a new job
+        assert second.create_job("none", [kb_names[0]], {**settings, "rounds": 2}, resume_unfinished=True).job_id not in jobs
     finally:
         second.shutdown()
 

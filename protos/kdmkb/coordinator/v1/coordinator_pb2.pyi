@@ -138,7 +138,7 @@ class Metrics(_message.Message):
     def __init__(self, mrr: _Optional[float] = ..., mr: _Optional[float] = ..., hits_at_1: _Optional[float] = ..., hits_at_3: _Optional[float] = ..., hits_at_10: _Optional[float] = ..., num_queries: _Optional[int] = ..., seconds: _Optional[float] = ..., ranking: _Optional[str] = ..., retriever_recall: _Optional[float] = ...) -> None: ...
 
 class KBProgress(_message.Message):
-    __slots__ = ("loss", "kd_loss", "steps", "valid", "soft_label_bytes_sent", "soft_label_bytes_received", "query_bytes_sent", "query_bytes_received")
+    __slots__ = ("loss", "kd_loss", "steps", "valid", "soft_label_bytes_sent", "soft_label_bytes_received", "query_bytes_sent", "query_bytes_received", "train_triples", "train_sequences", "train_seconds")
     LOSS_FIELD_NUMBER: _ClassVar[int]
     KD_LOSS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,9 @@ class KBProgress(_message.Message):
     SOFT_LABEL_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     QUERY_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     QUERY_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_TRIPLES_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     loss: float
     kd_loss: float
     steps: int
@@ -155,7 +158,10 @@ class KBProgress(_message.Message):
     soft_label_bytes_received: int
     query_bytes_sent: int
     query_bytes_received: int
-    def __init__(self, loss: _Optional[float] = ..., kd_loss: _Optional[float] = ..., steps: _Optional[int] = ..., valid: _Optional[_Union[Metrics, _Mapping]] = ..., soft_label_bytes_sent: _Optional[int] = ..., soft_label_bytes_received: _Optional[int] = ..., query_bytes_sent: _Optional[int] = ..., query_bytes_received: _Optional[int] = ...) -> None: ...
+    train_triples: int
+    train_sequences: int
+    train_seconds: float
+    def __init__(self, loss: _Optional[float] = ..., kd_loss: _Optional[float] = ..., steps: _Optional[int] = ..., valid: _Optional[_Union[Metrics, _Mapping]] = ..., soft_label_bytes_sent: _Optional[int] = ..., soft_label_bytes_received: _Optional[int] = ..., query_bytes_sent: _Optional[int] = ..., query_bytes_received: _Optional[int] = ..., train_triples: _Optional[int] = ..., train_sequences: _Optional[int] = ..., train_seconds: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "strategy", "kbs", "settings", "state", "round", "total_rounds", "error", "progress", "test_metrics", "created_at", "updated_at", "strategy_settings")
@@ -202,16 +208,18 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., strategy: _Optional[str] = ..., kbs: _Optional[_Iterable[str]] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., round: _Optional[int] = ..., total_rounds: _Optional[int] = ..., error: _Optional[str] = ..., progress: _Optional[_Mapping[str, KBProgress]] = ..., test_metrics: _Optional[_Mapping[str, Metrics]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., strategy_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("strategy", "kbs", "settings", "strategy_settings")
+    __slots__ = ("strategy", "kbs", "settings", "strategy_settings", "resume_unfinished")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     KBS_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_UNFINISHED_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     kbs: _containers.RepeatedScalarFieldContainer[str]
     settings: _struct_pb2.Struct
     strategy_settings: _struct_pb2.Struct
-    def __init__(self, strategy: _Optional[str] = ..., kbs: _Optional[_Iterable[str]] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    resume_unfinished: bool
+    def __init__(self, strategy: _Optional[str] = ..., kbs: _Optional[_Iterable[str]] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resume_unfinished: _Optional[bool] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job",)
