@@ -29,12 +29,16 @@ training. ``top_candidates`` shortlists ``shortlist_factor * k`` entities with f
 part of the matcher (its output layer applied to its first layer's pre-activation, ReLU left out),
 which is an inner product (:meth:`Matcher.retrieval_keys`), and reranks them exactly. ``ranking`` is
 exact: one key per entity, one query per test query, one MLP pass per pair.
+
+Ablations (settings): ``matcher = "cosine"`` replaces the MLP by a scaled cosine of q and k
+(:class:`CosineMatcher`); ``degrees = false`` feeds the MLP zeros for both degrees.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple
+import math
+from typing import Literal, NamedTuple
 
 import faiss
 import numpy as np
@@ -57,6 +61,10 @@ class LMKESettings(TextSettings):
         0, ge=0, description="Earlier training steps whose entity keys (detached) join each step's in-batch candidates, as negatives or, where true, positives; 0: in-batch keys only."
     )
     shortlist_factor: int = Field(4, gt=0, description="top_candidates reranks this many times k entities that faiss retrieves by the matcher's linear part.")
+    matcher: Literal["mlp", "cosine"] = Field(
+        "mlp", description="mlp: the paper's matcher over [q; k; q-k; q*k; degrees]; cosine: the dot-product ablation, cos(q, k) times a learned scale."
+    )
+    degrees: bool = Field(True, description="Feed log(degree + 1) of the query's entity and of each candidate to the mlp matcher (false: the ablation without them).")
 
 
 def contrastive_bce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -125,10 +133,37 @@ class Matcher(nn.Module):
         return torch.cat([keys, (self.key_part(keys, log_degree) @ self.mlp[2].weight[0])[:, None]], dim=1)
 
 
+class CosineMatcher(nn.Module):
+    """The dot-product ablation of :class:`Matcher`, with its interface: ``scale * cos(q, k)``, degrees unused.
+
+    The scale starts at 20 (a temperature of 0.05, SimKGC's) and is learned.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def query_part(self, queries: torch.Tensor, log_degree: torch.Tensor) -> torch.Tensor:
+        return F.normalize(queries, dim=-1) * self.log_scale.exp()
+
+    def key_part(self, keys: torch.Tensor, log_degree: torch.Tensor) -> torch.Tensor:
+        return F.normalize(keys, dim=-1)
+
+    def forward(self, queries: torch.Tensor, query_part: torch.Tensor, keys: torch.Tensor, key_part: torch.Tensor) -> torch.Tensor:
+        return (query_part * key_part).sum(dim=-1)
+
+    def retrieval_queries(self, queries: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.query_part(queries, queries[:, 0]), torch.ones_like(queries[:, :1])], dim=1)
+
+    def retrieval_keys(self, keys_and_degree: torch.Tensor) -> torch.Tensor:
+        keys = keys_and_degree[:, :-1]
+        return torch.cat([self.key_part(keys, keys[:, 0]), torch.zeros_like(keys[:, :1])], dim=1)
+
+
 class LMKEModel(nn.Module):
     """Query and key encoders (word embeddings shared), learned entity and relation tokens, the matcher; every learned weight."""
 
-    def __init__(self, encoder: nn.Module, num_entities: int, num_relations: int, hidden: int, log_degree: torch.Tensor) -> None:
+    def __init__(self, encoder: nn.Module, num_entities: int, num_relations: int, settings: LMKESettings, log_degree: torch.Tensor) -> None:
         super().__init__()
         self.query_encoder = encoder
         self.key_encoder = copy.deepcopy(encoder)
@@ -138,7 +173,7 @@ class LMKEModel(nn.Module):
         self.relation = nn.Embedding(2 * num_relations, dim)  # forward tokens, then inverse ones
         for table in (self.entity, self.relation):
             nn.init.normal_(table.weight, std=getattr(encoder.config, "initializer_range", 0.02))  # the scale of the encoder's own embeddings
-        self.matcher = Matcher(dim, hidden or dim)
+        self.matcher = Matcher(dim, settings.hidden or dim) if settings.matcher == "mlp" else CosineMatcher()
         self.register_buffer("log_degree", log_degree, persistent=False)
 
 
@@ -155,6 +190,7 @@ class LMKEWorker(WorkerType):
     """C-LMKE (see the module docstring): a query encoder, a key encoder and an MLP matcher."""
 
     settings_model = LMKESettings
+    embedding_layout = {"entity": "[dim] the key encoder's entity keys (eval mode)", "relation": "[dim] the forward relation tokens"}
     # A pair costs the matcher (d + hidden) floats of intermediates; a relation query's pair one query encoding.
     slice_pairs = 1 << 15
 
@@ -182,7 +218,8 @@ class LMKEWorker(WorkerType):
         self.entity_tokens = tokens([f"{name}: {description}" if description else name for name, description in zip(names, descriptions)])
         self.relation_tokens = tokens(relations + [f"inverse {text}" for text in relations])
         degree = np.bincount(kb.train[:, 0], minlength=self.num_entities) + np.bincount(kb.train[:, 2], minlength=self.num_entities)
-        self.model = LMKEModel(encoder, self.num_entities, self.num_relations, settings.hidden, torch.log1p(torch.from_numpy(degree).float())).to(self.device)
+        log_degree = torch.log1p(torch.from_numpy(degree).float()) * float(settings.degrees)
+        self.model = LMKEModel(encoder, self.num_entities, self.num_relations, settings, log_degree).to(self.device)
         self.train_answers = ranking.KnownAnswers(kb.train, self.num_entities, self.num_relations)
         self._index = PoolIndex(faiss.METRIC_INNER_PRODUCT)
         self._keys: tuple[int, torch.Tensor] | None = None  # (updates, every entity's key) outside training

@@ -275,6 +275,33 @@ def test_the_memory_bank_adds_earlier_keys_detached(make_kb, tiny_encoder):
     assert [sorted(ids.tolist()) for _, ids, _ in worker._bank_entries()] == [[4, 5], [6, 7]]  # the last two steps only
 
 
+def test_without_degrees_the_matcher_sees_zeros(make_kb, tiny_encoder):
+    worker = build(text_kb(make_kb), tiny_encoder, degrees=False)
+    assert torch.count_nonzero(worker.model.log_degree) == 0
+    worker.modules().eval()
+    with torch.no_grad():
+        q = worker._entity_queries(TAIL, torch.tensor([[0, 1]]))[0][0]
+        keys = worker._encode_keys(torch.arange(len(NAMES)))
+        scored = worker.score(TAIL, torch.tensor([[0, 1]]))[0]
+        assert scored.tolist() == pytest.approx([hand_logit(worker, q, k, 0, 0) for k in keys], abs=1e-5)
+
+
+def test_the_cosine_matcher_is_a_scaled_cosine_and_its_own_retrieval_product(make_kb, tiny_encoder):
+    worker = build(text_kb(make_kb), tiny_encoder, matcher="cosine")
+    matcher = worker.model.matcher
+    assert matcher.log_scale.exp().item() == pytest.approx(20.0)
+    worker.modules().eval()
+    with torch.no_grad():
+        q = worker._entity_queries(TAIL, torch.tensor([[2, 0]]))[0][0]
+        keys = worker._encode_keys(torch.arange(len(NAMES)))
+        scored = worker.score(TAIL, torch.tensor([[2, 0]]))[0]
+        expected = [20.0 * torch.dot(q, k).item() / (q.norm() * k.norm()).item() for k in keys]
+        assert scored.tolist() == pytest.approx(expected, abs=1e-4)
+        proxy = matcher.retrieval_queries(q[None]) @ matcher.retrieval_keys(torch.cat([keys, torch.rand(len(NAMES), 1)], 1)).T
+        torch.testing.assert_close(proxy[0], scored, atol=1e-4, rtol=1e-5)  # exact: nothing of the query alone is left out
+    assert any(p is matcher.log_scale for p in worker.parameter_groups()[1]["params"])  # learned, at the rate of the non-encoder parts
+
+
 def test_the_matchers_linear_part_is_the_retrieval_inner_product(make_kb, tiny_encoder):
     worker = build(text_kb(make_kb), tiny_encoder)
     matcher = worker.model.matcher
