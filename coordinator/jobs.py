@@ -219,7 +219,8 @@ class JobRunner(threading.Thread):
         self.job.progress[teacher]["query_bytes_received"] += size
 
     def _evaluate(self, split: str) -> dict:
-        results = dict(zip(self.workers, ray.get([w.evaluate.remote(split) for w in self.workers.values()])))
+        """Every KB's metrics on ``split``; the test split's also per degree bucket of the target."""
+        results = dict(zip(self.workers, ray.get([w.evaluate.remote(split, by_degree=split == "test") for w in self.workers.values()])))
         if split == "valid":
             for kb, result in results.items():
                 self.job.progress[kb]["valid"] = result

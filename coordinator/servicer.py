@@ -41,7 +41,8 @@ METRIC_FIELDS = ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queri
 
 def metrics_message(values: dict | None) -> pb.Metrics:
     values = values or {}
-    return pb.Metrics(**{k: values[k] for k in METRIC_FIELDS if values.get(k) is not None})
+    buckets = [pb.DegreeBucket(degrees=name, **bucket) for name, bucket in (values.get("by_degree") or {}).items()]
+    return pb.Metrics(**{k: values[k] for k in METRIC_FIELDS if values.get(k) is not None}, by_degree=buckets)
 
 
 def progress_message(values: dict) -> pb.KBProgress:

@@ -27,6 +27,8 @@ def metrics_dict(message: pb.Metrics) -> dict:
     values = {key: getattr(message, field) for key, field in REPORT_KEYS}
     if message.ranking and message.ranking != "exact":
         values.update(ranking=message.ranking, retriever_recall=message.retriever_recall)
+    if message.by_degree:
+        values["by_degree"] = {b.degrees: {"num_queries": b.num_queries, "mrr": b.mrr, "hits@10": b.hits_at_10} for b in message.by_degree}
     return values
 
 

@@ -143,7 +143,9 @@ def _check_report(path: Path, strategy: str, rounds: int = 2) -> dict:
     assert report["state"] == "SUCCEEDED" and report["rounds"] == rounds
     assert set(report["kbs"]) == {"kb1", "kb2"}
     for metrics in report["kbs"].values():
-        assert set(metrics) == REPORT_METRICS
+        assert set(metrics) == REPORT_METRICS | {"by_degree"}
+        buckets = metrics["by_degree"].values()
+        assert sum(b["num_queries"] * b["mrr"] for b in buckets) / sum(b["num_queries"] for b in buckets) == pytest.approx(metrics["mrr"])
         assert 0 < metrics["mrr"] <= 1 and metrics["mr"] >= 1
         assert 0 <= metrics["hits@1"] <= metrics["hits@3"] <= metrics["hits@10"] <= 1
     return report

@@ -116,7 +116,7 @@ class RegisterAlignmentResponse(_message.Message):
     def __init__(self, alignment: _Optional[_Union[Alignment, _Mapping]] = ...) -> None: ...
 
 class Metrics(_message.Message):
-    __slots__ = ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queries", "seconds", "ranking", "retriever_recall")
+    __slots__ = ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queries", "seconds", "ranking", "retriever_recall", "by_degree")
     MRR_FIELD_NUMBER: _ClassVar[int]
     MR_FIELD_NUMBER: _ClassVar[int]
     HITS_AT_1_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class Metrics(_message.Message):
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     RANKING_FIELD_NUMBER: _ClassVar[int]
     RETRIEVER_RECALL_FIELD_NUMBER: _ClassVar[int]
+    BY_DEGREE_FIELD_NUMBER: _ClassVar[int]
     mrr: float
     mr: float
     hits_at_1: float
@@ -135,7 +136,20 @@ class Metrics(_message.Message):
     seconds: float
     ranking: str
     retriever_recall: float
-    def __init__(self, mrr: _Optional[float] = ..., mr: _Optional[float] = ..., hits_at_1: _Optional[float] = ..., hits_at_3: _Optional[float] = ..., hits_at_10: _Optional[float] = ..., num_queries: _Optional[int] = ..., seconds: _Optional[float] = ..., ranking: _Optional[str] = ..., retriever_recall: _Optional[float] = ...) -> None: ...
+    by_degree: _containers.RepeatedCompositeFieldContainer[DegreeBucket]
+    def __init__(self, mrr: _Optional[float] = ..., mr: _Optional[float] = ..., hits_at_1: _Optional[float] = ..., hits_at_3: _Optional[float] = ..., hits_at_10: _Optional[float] = ..., num_queries: _Optional[int] = ..., seconds: _Optional[float] = ..., ranking: _Optional[str] = ..., retriever_recall: _Optional[float] = ..., by_degree: _Optional[_Iterable[_Union[DegreeBucket, _Mapping]]] = ...) -> None: ...
+
+class DegreeBucket(_message.Message):
+    __slots__ = ("degrees", "num_queries", "mrr", "hits_at_10")
+    DEGREES_FIELD_NUMBER: _ClassVar[int]
+    NUM_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    MRR_FIELD_NUMBER: _ClassVar[int]
+    HITS_AT_10_FIELD_NUMBER: _ClassVar[int]
+    degrees: str
+    num_queries: int
+    mrr: float
+    hits_at_10: float
+    def __init__(self, degrees: _Optional[str] = ..., num_queries: _Optional[int] = ..., mrr: _Optional[float] = ..., hits_at_10: _Optional[float] = ...) -> None: ...
 
 class KBProgress(_message.Message):
     __slots__ = ("loss", "kd_loss", "steps", "valid", "soft_label_bytes_sent", "soft_label_bytes_received", "query_bytes_sent", "query_bytes_received", "train_triples", "train_sequences", "train_seconds")
