@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import queue
@@ -16,6 +17,7 @@ from kdmkb.coordinator.strategies import RoundPlan, RoundResults, make_strategy
 from kdmkb.kb_worker.alignment_view import AlignmentView
 from kdmkb.services import metrics
 from kdmkb.services.config import JobSettings
+from kdmkb.services.errors import DataError
 from kdmkb.services.ray_runtime import unwrap
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ class Job:
     progress: dict = field(default_factory=dict)
     test_metrics: dict = field(default_factory=dict)
     checkpoint_round: int = 0
+    # round (as text: JSON keys) -> the job's side of that round's checkpoint: progress and strategy state
+    checkpoints: dict = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -123,13 +127,15 @@ class JobRunner(threading.Thread):
         try:
             settings = JobSettings.model_validate(job.settings)
             strategy = make_strategy(job.strategy, job.kbs, settings, job.strategy_settings)
-            self._configure(settings)
+            self._configure(settings, strategy)
             job.state = "RUNNING"
             self._emit("started")
             for round_ in range(job.round, settings.rounds):
                 if self.interrupted.is_set():
                     return
                 if self.stop_requested.is_set():
+                    if job.round > job.checkpoint_round:
+                        self._checkpoint(settings, strategy)  # StartJob resumes it where it stopped
                     job.state = "STOPPED"
                     self._emit("stopped", message="stopped on request")
                     return
@@ -141,7 +147,7 @@ class JobRunner(threading.Thread):
                 if settings.eval_every and job.round % settings.eval_every == 0 and job.round < settings.rounds:
                     self._evaluate("valid")
                 if settings.checkpoint_every and job.round % settings.checkpoint_every == 0:
-                    self._checkpoint()
+                    self._checkpoint(settings, strategy)
                 self._emit("round", round_seconds=seconds)
             self._emit("evaluating", message="ranking the test split of every KB")
             job.test_metrics = self._evaluate("test")
@@ -154,16 +160,34 @@ class JobRunner(threading.Thread):
             job.error = f"{type(cause).__name__}: {cause}"
             self._emit("failed", message=job.error)
 
-    def _configure(self, settings: JobSettings) -> None:
+    def _configure(self, settings: JobSettings, strategy) -> None:
+        """Fresh models from the job's seed, or, resuming, the newest checkpoint every KB can load (older ones when the latest is damaged)."""
+        job = self.job
         distill = settings.distill()
-        ray.get([w.configure.remote(self.job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()])
-        if self.resume and self.job.checkpoint_round > 0:
-            ray.get([w.load.remote(str(self.store.checkpoint_dir(self.job.job_id, kb))) for kb, w in self.workers.items()])
-            self.job.round = self.job.checkpoint_round
+        configure = [w.configure.remote(job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()]
+        ray.get(configure)
+        job.round = 0
+        for round_ in sorted(map(int, job.checkpoints), reverse=True) if self.resume else ():
+            try:
+                ray.get([w.load.remote(str(self.store.checkpoint_dir(job.job_id, kb)), round_) for kb, w in self.workers.items()])
+            except ray.exceptions.RayError as error:
+                cause = unwrap(error)
+                if not isinstance(cause, DataError):
+                    raise
+                log.error("job %s: checkpoint of round %d unusable, trying an older one: %s", job.job_id, round_, cause)
+                continue
+            saved = job.checkpoints[str(round_)]
+            job.round, job.progress = round_, copy.deepcopy(saved["progress"])
+            strategy.restore(saved["strategy"])
+            break
         else:
-            self.job.round = 0
+            if self.resume and job.checkpoints:
+                log.error("job %s: no checkpoint is usable; starting again from round 0", job.job_id)
+                ray.get([w.configure.remote(job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()])
+            if self.resume:
+                job.progress = {}
         for kb in self.workers:
-            self.job.progress.setdefault(kb, self.job.new_progress())
+            job.progress.setdefault(kb, job.new_progress())
 
     def _round(self, round_: int, plan: RoundPlan, settings: JobSettings) -> tuple[float, RoundResults]:
         """One round: soft labels (and, for pull, queries) move as Ray object references; workers never call each other.
@@ -227,6 +251,13 @@ class JobRunner(threading.Thread):
             self._emit("evaluated")
         return results
 
-    def _checkpoint(self) -> None:
-        ray.get([w.save.remote(str(self.store.checkpoint_dir(self.job.job_id, kb))) for kb, w in self.workers.items() if self.store.root])
-        self.job.checkpoint_round = self.job.round
+    def _checkpoint(self, settings: JobSettings, strategy) -> None:
+        """Every worker's checkpoint of this round, and the job's side of it (progress, strategy state); the last ``keep_checkpoints`` are kept."""
+        job = self.job
+        if not self.store.root:
+            return
+        keep = settings.keep_checkpoints
+        ray.get([w.save.remote(str(self.store.checkpoint_dir(job.job_id, kb)), job.round, keep) for kb, w in self.workers.items()])
+        job.checkpoints[str(job.round)] = {"progress": copy.deepcopy(job.progress), "strategy": strategy.state()}
+        job.checkpoints = {round_: job.checkpoints[round_] for round_ in sorted(job.checkpoints, key=int)[-keep:]}
+        job.checkpoint_round = job.round

@@ -231,20 +231,20 @@ class Coordinator:
         with self._lock:
             if job.state == "RUNNING" or job_id in self._runners and self._runners[job_id].is_alive():
                 return job  # idempotent
-            if job.state != "CREATED":
-                raise PreconditionError(f"job_id: job {job_id!r} is {job.state}; create a new job to run again")
+            if job.state == "SUCCEEDED":
+                raise PreconditionError(f"job_id: job {job_id!r} has SUCCEEDED; create a new job to run again")
             for name in job.kbs:
                 self._kb(name, "kbs")
                 if self._busy(name):
                     raise PreconditionError(f"KB {name!r} is busy in job {self._busy(name)!r}")
-            self._launch(job, resume=False)
+            self._launch(job, resume=job.state in ("FAILED", "STOPPED"))  # from its last checkpoint
         return job
 
     def _launch(self, job: Job, resume: bool) -> None:
         workers = {name: self._kb(name, "kbs").handle for name in job.kbs}
         views = merge(job.kbs, self._job_alignments(job.kbs))
         runner = JobRunner(job, workers, views, self.store, self._export_job_states, resume)
-        job.state = "RUNNING"
+        job.state, job.error = "RUNNING", ""
         self._runners[job.job_id] = runner
         runner.start()
 

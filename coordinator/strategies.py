@@ -96,6 +96,13 @@ class Strategy(abc.ABC):
     def observe(self, results: RoundResults) -> None:
         """Receives what the round just planned returned; adaptive strategies change their next plan here."""
 
+    def state(self) -> dict:
+        """What :meth:`observe` has learned, as JSON, checkpointed with the job so a resumed job plans as an uninterrupted one."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Takes back what :meth:`state` returned."""
+
     def alone(self) -> RoundPlan:
         return RoundPlan((), self.kbs)
 

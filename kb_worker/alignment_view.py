@@ -5,6 +5,7 @@ The coordinator builds views (:mod:`kdmkb.coordinator.alignment`) and imports th
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ class PeerPools:
     relation_mask: torch.Tensor
     entity_pool: torch.Tensor
     relation_pool: torch.Tensor
-    signature: int  # equal for peers that share exactly the same ids, so their labels are computed once
+    signature: str  # equal for peers that share exactly the same ids, so their labels are computed once
 
     def pool(self, kind: QueryKind) -> torch.Tensor:
         """The candidates a query of ``kind`` may name: shared relations for relation queries, else shared entities."""
@@ -113,7 +114,7 @@ class LocalAlignment:
             entity_mask = torch.from_numpy(np.isin(self.entity_ids, np.asarray(entity_ids, dtype=np.int64)))
             relation_mask = torch.from_numpy(np.isin(self.relation_ids, np.asarray(relation_ids, dtype=np.int64)))
             entity_pool, relation_pool = entity_mask.nonzero().flatten(), relation_mask.nonzero().flatten()
-            signature = hash((entity_pool.numpy().tobytes(), relation_pool.numpy().tobytes()))
+            signature = hashlib.sha256(entity_pool.numpy().tobytes() + b"/" + relation_pool.numpy().tobytes()).hexdigest()  # the same in every process: checkpoints key by it
             self.peers[peer] = PeerPools(entity_mask, relation_mask, entity_pool, relation_pool, signature)
 
     # -- local -> alignment ids ---------------------------------------------------------------

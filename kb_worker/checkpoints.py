@@ -1,18 +1,28 @@
-"""A KB worker's checkpoint on disk: written atomically, and refused whole when damaged or foreign."""
+"""A KB worker's checkpoints on disk: one file per round, the last few kept, written atomically, refused whole when damaged or foreign.
+
+A checkpoint also carries the process's random generators, so a job resumed from it draws what
+an uninterrupted run would have drawn.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdmkb.kb_worker.worker_types.base import RUNTIME_SETTINGS
 from kdmkb.services.errors import DataError
 
-CHECKPOINT_FILE = "checkpoint.pt"
-REQUIRED = frozenset({"kb", "worker_type", "settings", "model", "optimizer", "step"})
+REQUIRED = frozenset({"kb", "worker_type", "settings", "model", "optimizer", "step", "updates", "schedule", "teacher", "random"})
+
+
+def path(directory: str | Path, round_: int) -> Path:
+    """The checkpoint of round ``round_`` (written after that many rounds) in ``directory``."""
+    return Path(directory) / f"round-{round_:06d}.pt"
 
 
 def model_settings(settings: dict) -> dict:
@@ -20,29 +30,52 @@ def model_settings(settings: dict) -> dict:
     return {key: value for key, value in settings.items() if key not in RUNTIME_SETTINGS}
 
 
-def write(directory: str | Path, state: dict) -> str:
-    """Writes ``state`` to ``directory/checkpoint.pt`` through a temporary file, so a crash leaves the old one."""
+def random_state() -> dict:
+    """Every generator a worker process draws from (torch, CUDA, numpy, python), in a form ``torch.load(weights_only=True)`` reads."""
+    numpy = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)), "pos": numpy["state"]["pos"], "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]},
+        "python": random.getstate(),
+    }
+
+
+def set_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["key"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
+    random.setstate(state["python"])
+
+
+def write(directory: str | Path, round_: int, state: dict, keep: int) -> str:
+    """Writes round ``round_``'s checkpoint through a temporary file (a crash leaves the older ones) and keeps the last ``keep``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    temporary = directory / f".{CHECKPOINT_FILE}.tmp"
+    target = path(directory, round_)
+    temporary = directory / f".{target.name}.tmp"
     temporary.write_bytes(buffer.getvalue())
-    os.replace(temporary, directory / CHECKPOINT_FILE)
-    return str(directory / CHECKPOINT_FILE)
+    os.replace(temporary, target)
+    for old in sorted(directory.glob("round-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return str(target)
 
 
-def read(directory: str | Path, kb: str, worker_type: str, settings: dict) -> dict:
-    """The checkpoint of ``kb`` in ``directory``; raises :class:`DataError` naming the file when it is missing, damaged or of another model."""
-    path = Path(directory) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
+def read(directory: str | Path, round_: int, kb: str, worker_type: str, settings: dict) -> dict:
+    """Round ``round_``'s checkpoint of ``kb``; raises :class:`DataError` naming the file when it is missing, damaged or of another model."""
+    file = path(directory, round_)
+    if not file.is_file():
+        raise DataError(f"{file}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise DataError(f"{path}: corrupt checkpoint ({type(error).__name__}: {error})") from None
+        raise DataError(f"{file}: corrupt checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(state, dict) or REQUIRED - state.keys():
-        raise DataError(f"{path}: not a kdmkb checkpoint")
+        raise DataError(f"{file}: not a kdmkb checkpoint")
     if state["worker_type"] != worker_type or model_settings(state["settings"] or {}) != model_settings(settings):
-        raise DataError(f"{path}: checkpoint is of a {state['worker_type']!r} worker with other settings than KB {kb!r}")
+        raise DataError(f"{file}: checkpoint is of a {state['worker_type']!r} worker with other settings than KB {kb!r}")
     return state

@@ -101,6 +101,13 @@ class Teacher(Side):
             searched_at[unique[stale]] = step
         return top[query_ids]
 
+    def state(self) -> dict:
+        """The candidate cache, for a checkpoint: a resumed teacher searches again exactly when an uninterrupted one would."""
+        return {f"{signature}/{int(kind)}": list(entry) for (signature, kind), entry in self._candidate_cache.items()}
+
+    def restore(self, state: dict) -> None:
+        self._candidate_cache = {(key.rsplit("/", 1)[0], QueryKind(int(key.rsplit("/", 1)[1]))): tuple(entry) for key, entry in state.items()}
+
     # -- pull: a student's queries ---------------------------------------------------------------
     def answer(self, payload: bytes) -> tuple[str, bytes]:
         """The asking student and ``SoftLabels`` over a student's ``Queries``; queries or candidates it does not share with that student are refused."""

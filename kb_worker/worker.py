@@ -28,8 +28,6 @@ from kdmkb.services import metrics
 from kdmkb.services.config import DistillSettings
 from kdmkb.services.errors import DataError, NotFoundError, PreconditionError
 
-CHECKPOINT_FILE = checkpoints.CHECKPOINT_FILE
-
 
 class BatchSchedule:
     """Batches of an epoch-wise shuffled pass over the KB's own training triples, drawn once per round.
@@ -67,6 +65,14 @@ class BatchSchedule:
 
     def end_round(self) -> None:
         self._round, self._batches = None, []
+
+    def state(self) -> dict:
+        """Where the pass stands between rounds, for a checkpoint."""
+        return {"order": self._order, "cursor": self._cursor}
+
+    def restore(self, state: dict) -> None:
+        self.reset()
+        self._order, self._cursor = state["order"], int(state["cursor"])
 
 
 class KBWorker:
@@ -247,27 +253,30 @@ class KBWorker:
         }
 
     # -- checkpoints -----------------------------------------------------------------------
-    def save(self, directory: str | Path) -> str:
-        """Writes model, optimiser, learned combination and step to ``directory/checkpoint.pt`` atomically."""
+    def save(self, directory: str | Path, round_: int, keep: int = 1) -> str:
+        """Writes round ``round_``'s checkpoint (model, optimiser, learned combination, step, batch order, the teacher's
+        candidate cache and every random generator) atomically, keeping the last ``keep``."""
         model = self._require_model()
         learned = self.student.combination.modules()
-        return checkpoints.write(
-            directory,
-            {
-                "kb": self.name,
-                "worker_type": self.worker_type,
-                "settings": self.settings.model_dump(),
-                "model": model.modules().state_dict(),
-                "optimizer": self.student.optimizer.state_dict(),
-                "combination": learned.state_dict() if learned is not None else {},
-                "step": self.step,
-            },
-        )
+        state = {
+            "kb": self.name,
+            "worker_type": self.worker_type,
+            "settings": self.settings.model_dump(),
+            "model": model.modules().state_dict(),
+            "optimizer": self.student.optimizer.state_dict(),
+            "combination": learned.state_dict() if learned is not None else {},
+            "step": self.step,
+            "updates": model.updates,
+            "schedule": self.schedule.state(),
+            "teacher": self.teacher.state(),
+            "random": checkpoints.random_state(),
+        }
+        return checkpoints.write(directory, round_, state, keep)
 
-    def load(self, directory: str | Path) -> int:
-        """Restores a checkpoint written by :meth:`save`; a bad one raises and changes nothing."""
+    def load(self, directory: str | Path, round_: int) -> int:
+        """Restores round ``round_``'s checkpoint written by :meth:`save`; a bad one raises and changes nothing."""
         self._require_model()  # only into a configured job: the checkpoint restores weights, not job settings
-        state = checkpoints.read(directory, self.name, self.worker_type, self.settings.model_dump())
+        state = checkpoints.read(directory, round_, self.name, self.worker_type, self.settings.model_dump())
         model, teacher, student = self._sides(self.type_class(self.kb, self.settings))
         learned = student.combination.modules()
         try:
@@ -275,8 +284,12 @@ class KBWorker:
             if learned is not None:
                 learned.load_state_dict(state.get("combination") or {})
             student.optimizer.load_state_dict(state["optimizer"])
+            teacher.restore(state["teacher"])
         except (RuntimeError, ValueError, KeyError) as error:
-            raise DataError(f"{Path(directory) / CHECKPOINT_FILE}: checkpoint does not fit KB {self.name!r} ({error})") from None
+            raise DataError(f"{checkpoints.path(directory, round_)}: checkpoint does not fit KB {self.name!r} ({error})") from None
         self.model, self.teacher, self.student = model, teacher, student
+        model.updates = int(state["updates"])
         self.step = int(state["step"])
+        self.schedule.restore(state["schedule"])
+        checkpoints.set_random_state(state["random"])
         return self.step

@@ -56,6 +56,7 @@ class JobSettings(DistillSettings):
     seed: int = Field(0, description="Seed of model initialisation, batch order and negative sampling.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the valid split every N rounds (0: only at the end).")
     checkpoint_every: int = Field(10, ge=0, description="Checkpoint every worker every N rounds so a restarted coordinator resumes (0: never).")
+    keep_checkpoints: int = Field(3, ge=1, le=100, description="Checkpoints kept per KB; a damaged latest one falls back to the one before.")
 
     def distill(self) -> DistillSettings:
         return DistillSettings(**{name: getattr(self, name) for name in DistillSettings.model_fields})

@@ -45,3 +45,41 @@ def test_a_corrupt_state_file_is_set_aside_and_the_rest_served(ray_session, tmp_
         assert second.wait(kept.job_id, TIMEOUT).state == "SUCCEEDED"
     finally:
         second.shutdown()
+
+
+def _metrics(job) -> dict:
+    """A job's test metrics without their timing."""
+    return {kb: {key: value for key, value in metrics.items() if key != "seconds"} for kb, metrics in job.test_metrics.items()}
+
+
+def _follow(coordinator: Coordinator, job_id: str, rounds: int) -> None:
+    events = coordinator.watch_job(job_id, poll_seconds=0.05)
+    try:
+        for event in events:
+            if event.round >= rounds:
+                break
+    finally:
+        events.close()
+
+
+def test_a_stopped_job_resumes_and_ends_as_an_uninterrupted_one(ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings):
+    """StopJob checkpoints the round it stopped at; StartJob resumes from there, and every random draw is the one an uninterrupted run makes."""
+    coordinator = Coordinator(tmp_path / "state")
+    try:
+        _register(coordinator, nations_split, kb_names, alignment_files, worker_settings)
+        settings = {**job_settings, "rounds": 12, "eval_every": 0, "checkpoint_every": 5}
+        whole = coordinator.create_job("cooperative", list(kb_names), settings)
+        coordinator.start_job(whole.job_id)
+        assert coordinator.wait(whole.job_id, TIMEOUT).state == "SUCCEEDED", whole.error
+
+        stopped = coordinator.create_job("cooperative", list(kb_names), settings)
+        coordinator.start_job(stopped.job_id)
+        _follow(coordinator, stopped.job_id, 2)
+        assert coordinator.stop_job(stopped.job_id).state == "STOPPED"
+        assert 2 <= stopped.checkpoint_round == stopped.round < settings["rounds"]
+        coordinator.start_job(stopped.job_id)
+        resumed = coordinator.wait(stopped.job_id, TIMEOUT)
+        assert resumed.state == "SUCCEEDED", resumed.error
+        assert _metrics(resumed) == _metrics(whole)
+    finally:
+        coordinator.shutdown()
