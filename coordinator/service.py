@@ -19,6 +19,7 @@ from kdmkb.kb_worker.actor import spawn_worker
 from kdmkb.kb_worker.worker_types import WORKER_TYPES
 from kdmkb.services import metrics
 from kdmkb.services.config import KB_NAME_PATTERN, JobSettings, validate
+from kdmkb.services.data_roots import DataRoots
 from kdmkb.services.errors import ConfigError, DataError, KdmkbError, NotFoundError, PreconditionError
 from kdmkb.services.ray_runtime import ensure_ray, unwrap
 
@@ -43,8 +44,9 @@ def _require(value, field: str) -> None:
 class Coordinator:
     """Registers KBs and alignments, runs jobs, and serves evaluation, prediction and export."""
 
-    def __init__(self, data_dir: str | Path | None = None, ray_address: str | None = None) -> None:
+    def __init__(self, data_dir: str | Path | None = None, ray_address: str | None = None, data_roots: DataRoots | None = None) -> None:
         ensure_ray(ray_address)
+        self.data_roots = data_roots or DataRoots(None)
         self.store = Store(data_dir)
         self._lock = threading.RLock()
         self._kbs: dict[str, _KB] = {}
@@ -105,7 +107,7 @@ class Coordinator:
             raise ConfigError(f"worker_type: {error}") from None
         typed = validate(worker_class.settings_model, settings or {}, prefix="settings")
         options = worker_class.actor_options(typed, ray.cluster_resources().get("GPU", 0.0))
-        spec = {"name": name, "data_dir": str(Path(data_dir).resolve()), "worker_type": worker_type, "settings": typed.model_dump(exclude_unset=True), "resource": resource}
+        spec = {"name": name, "data_dir": str(self.data_roots.resolve(data_dir, "data_dir")), "worker_type": worker_type, "settings": typed.model_dump(exclude_unset=True), "resource": resource}
         with self._lock:
             existing = self._kbs.get(name)
             if existing and existing.spec == spec:
@@ -116,7 +118,7 @@ class Coordinator:
             raise PreconditionError(f"resource: no node of the Ray cluster offers {resource!r}; start one with --resources='{{\"{resource}\": 1}}'")
         handle = spawn_worker(name, spec["data_dir"], worker_type, typed, resource, options)
         try:
-            info = self._call(handle.open.remote())
+            info = self._call(handle.open.remote(self.data_roots.names()))
             endpoint = self._call(handle.start_metrics.remote())
             info["metrics_address"] = f"{endpoint['host']}:{endpoint['port']}"
         except DataError as error:  # the folder's problem, named as the request field it came from
@@ -167,10 +169,12 @@ class Coordinator:
         vocab_a, vocab_b = self._vocabulary(kb_a, "kb_a"), self._vocabulary(kb_b, "kb_b")
         if kb_a == kb_b:
             raise ConfigError(f"kb_b: an alignment needs two different KBs; got {kb_a!r} twice")
+        paths = {}
         for path, field in ((entities_path, "entities_path"), (relations_path, "relations_path")):
-            if path and not Path(path).is_file():
+            paths[field] = str(self.data_roots.resolve(path, field)) if path else ""
+            if path and not Path(paths[field]).is_file():
                 raise ConfigError(f"{field}: file {path!r} not found")
-        pair = build_pair(kb_a, kb_b, vocab_a, vocab_b, str(Path(entities_path).resolve()) if entities_path else "", str(Path(relations_path).resolve()) if relations_path else "")
+        pair = build_pair(kb_a, kb_b, vocab_a, vocab_b, paths["entities_path"], paths["relations_path"])
         with self._lock:
             self._alignments[tuple(sorted((kb_a, kb_b)))] = pair
             self._persist_alignments()

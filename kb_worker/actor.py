@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import ray
 
 from kdmkb.kb_worker.worker import KBWorker
 from kdmkb.kb_worker.worker_types import WorkerSettings
+from kdmkb.services.data_roots import DataRoots
 from kdmkb.services.metrics import advertised_host, serve_metrics
 
 
@@ -22,7 +24,9 @@ class KBWorkerActor(KBWorker):
     def __init__(self, *args) -> None:
         self._args = args
 
-    def open(self) -> dict:
+    def open(self, data_roots: list[str] | None = None) -> dict:
+        """Loads the KB once its folder is found inside ``data_roots`` on this node (None: anywhere)."""
+        DataRoots(data_roots).check_folder(Path(self._args[1]))
         KBWorker.__init__(self, *self._args)
         return self.describe()
 

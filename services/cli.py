@@ -26,6 +26,12 @@ CoordinatorOption = Annotated[
 ]
 RemoteCoordinatorOption = Annotated[str, typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator.")]
 ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Write the results as JSON to this file.")]
+TokenOption = Annotated[
+    Optional[str], typer.Option("--token", envvar="KDMKB_TOKEN", show_default=False, help="The coordinator's access token (sent as 'authorization: Bearer <token>').")
+]
+TLSCAOption = Annotated[Optional[Path], typer.Option("--tls-ca", envvar="KDMKB_TLS_CA", help="Speak TLS and trust the coordinator's certificate if this CA (PEM) signed it.")]
+TLSCertOption = Annotated[Optional[Path], typer.Option("--tls-cert", envvar="KDMKB_TLS_CERT", help="This client's certificate (PEM), for a coordinator that requires one (mTLS).")]
+TLSKeyOption = Annotated[Optional[Path], typer.Option("--tls-key", envvar="KDMKB_TLS_KEY", help="The key of --tls-cert (PEM).")]
 
 
 def fail(message: str) -> None:
@@ -107,6 +113,15 @@ def _write_report(path: Path | None, report: dict) -> None:
         typer.echo(f"report written to {path}")
 
 
+def _connect(coordinator: str, token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None):
+    """A client of a running coordinator; TLS once any TLS file is given."""
+    from kdmkb.services.client import CoordinatorClient
+    from kdmkb.services.tls import ClientTLS
+
+    tls = ClientTLS.from_files(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert or tls_key) else None
+    return CoordinatorClient(coordinator, token=token, tls=tls)
+
+
 def _quiet_logs() -> None:
     logging.basicConfig(level=os.environ.get("KDMKB_LOG_LEVEL", "WARNING"))
 
@@ -147,9 +162,13 @@ def run(
             "the unfinished job from its last checkpoint (a long run over several sittings). Default: nothing kept.",
         ),
     ] = None,
+    token: TokenOption = None,
+    tls_ca: TLSCAOption = None,
+    tls_cert: TLSCertOption = None,
+    tls_key: TLSKeyOption = None,
 ) -> None:
     """Run a job file on an embedded coordinator (default) or a running one."""
-    from kdmkb.services.client import CoordinatorClient, embedded_coordinator
+    from kdmkb.services.client import embedded_coordinator
     from kdmkb.services.config import load_job_file
 
     _quiet_logs()
@@ -157,11 +176,13 @@ def run(
     if coordinator:
         if data_dir:
             fail("--data-dir: a running coordinator keeps its own data (kdmkb serve --data-dir); give one or the other")
-        client = CoordinatorClient(coordinator)
+        client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
         result = _run_job(client, job_file, strategy, strategy or job_file.strategy)
         client.close()
     else:
-        with embedded_coordinator(str(data_dir) if data_dir else None) as client:
+        # The embedded coordinator reads exactly the job file's KB folders and alignment files.
+        roots = [kb.data for kb in job_file.kb] + [path.parent for a in job_file.alignment for path in (a.entities, a.relations) if path]
+        with embedded_coordinator(str(data_dir) if data_dir else None, data_roots=roots) as client:
             result = _run_job(client, job_file, strategy, strategy or job_file.strategy, resume_unfinished=data_dir is not None)
     _print_table([result])
     _write_report(report, result)
@@ -187,7 +208,7 @@ def demo(
         summary = split_dataset(dataset_dir(dataset), Path(work) / "kbs", kbs=kbs, seed=seed)
         job_file = demo_job_file(summary, seed=seed, rounds=rounds)
         typer.echo(f"{dataset} split into {kbs} KBs ({', '.join(f'{n}: {c}' for n, c in summary.train_counts.items())} train triples)")
-        with embedded_coordinator() as client:
+        with embedded_coordinator(data_roots=[Path(work)]) as client:
             results = [_run_job(client, job_file, name, name) for name in ("none", "cooperative")]
     _print_table(results)
     baseline, cooperative = results
@@ -204,16 +225,40 @@ def serve(
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Where jobs, registrations and checkpoints are kept.")] = Path(".kdmkb"),
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="Join this Ray cluster (default: start a local one).")] = None,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of the coordinator's /metrics (0: any free port).")] = 9400,
+    tokens: Annotated[
+        Optional[Path], typer.Option("--tokens", help="TOML file of token tables (value, role = admin | kb, kbs; see README); every call then needs a token. Default: no authentication.")
+    ] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert", help="The server's certificate (PEM); with --tls-key, the port speaks TLS only.")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key", help="The server certificate's key (PEM).")] = None,
+    tls_client_ca: Annotated[Optional[Path], typer.Option("--tls-client-ca", help="Require client certificates signed by this CA (PEM): mutual TLS.")] = None,
+    data_root: Annotated[
+        Optional[list[Path]],
+        typer.Option("--data-root", help="A directory KB folders and alignment files may be read from (repeatable; relative paths resolve against the first). Default: the current directory."),
+    ] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without TLS and tokens (a private network only).")] = False,
 ) -> None:
     """Run the coordinator until interrupted."""
-    from kdmkb.coordinator.server import start_server
+    from kdmkb.coordinator.auth import Tokens
+    from kdmkb.coordinator.server import check_exposure, start_server
     from kdmkb.coordinator.service import Coordinator
+    from kdmkb.services.data_roots import DataRoots
     from kdmkb.services.metrics import serve_metrics
+    from kdmkb.services.tls import ServerTLS
 
+    # Every refusal comes before Ray starts or a port is bound.
+    access = Tokens.load(tokens) if tokens else None
+    tls = ServerTLS.from_files(tls_cert, tls_key, tls_client_ca) if (tls_cert or tls_key or tls_client_ca) else None
+    check_exposure(address, tls, access, insecure)
+    roots = data_root or [Path.cwd()]
+    for root in roots:
+        if not root.is_dir():
+            fail(f"--data-root: {root} is not a directory")
     logging.basicConfig(level=os.environ.get("KDMKB_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    coordinator = Coordinator(data_dir, ray_address)
-    server, port = start_server(coordinator, address)
+    coordinator = Coordinator(data_dir, ray_address, data_roots=DataRoots(roots))
+    server, port = start_server(coordinator, address, tokens=access, tls=tls)
     scrape = serve_metrics(metrics_port)
+    typer.echo(f"data roots: {', '.join(coordinator.data_roots.names())}", err=True)
+    typer.echo(f"access: {'tokens from ' + str(tokens) if access else 'open (no --tokens)'}; transport: {'TLS' + (' with client certificates' if tls and tls.client_ca else '') if tls else 'plaintext'}", err=True)
     typer.echo(f"coordinator listening on {address.rsplit(':', 1)[0]}:{port}; metrics on :{scrape}/metrics", err=True)
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -225,12 +270,19 @@ def serve(
 
 @app.command()
 @guarded
-def status(job_id: Annotated[Optional[str], typer.Argument(help="A job id; default: list every job.")] = None, coordinator: RemoteCoordinatorOption = "127.0.0.1:50051") -> None:
+def status(
+    job_id: Annotated[Optional[str], typer.Argument(help="A job id; default: list every job.")] = None,
+    coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
+    token: TokenOption = None,
+    tls_ca: TLSCAOption = None,
+    tls_cert: TLSCertOption = None,
+    tls_key: TLSKeyOption = None,
+) -> None:
     """Show jobs and their progress."""
     from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-    from kdmkb.services.client import CoordinatorClient, job_report, state_name
+    from kdmkb.services.client import job_report, state_name
 
-    client = CoordinatorClient(coordinator)
+    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
     jobs = [client.stub.GetJob(pb.GetJobRequest(job_id=job_id)).job] if job_id else list(client.stub.ListJobs(pb.ListJobsRequest()).jobs)
     for job in jobs:
         typer.echo(f"{job.job_id}  {job.strategy:<12} {state_name(job.state):<10} round {job.round}/{job.total_rounds}  kbs: {', '.join(job.kbs)}" + (f"  error: {job.error}" if job.error else ""))
@@ -247,12 +299,15 @@ def predict(
     relation: str,
     k: Annotated[int, typer.Option("-k", help="How many tails.")] = 10,
     coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
+    token: TokenOption = None,
+    tls_ca: TLSCAOption = None,
+    tls_cert: TLSCertOption = None,
+    tls_key: TLSKeyOption = None,
 ) -> None:
     """Top-k tails for (HEAD, RELATION) in a KB."""
     from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-    from kdmkb.services.client import CoordinatorClient
 
-    client = CoordinatorClient(coordinator)
+    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
     response = client.stub.Predict(pb.PredictRequest(kb=kb, head=head, relation=relation, k=k))
     for rank, p in enumerate(response.predictions, start=1):
         typer.echo(f"{rank:>3}. {p.entity}\t{p.score:.4f}" + ("\t(known)" if p.known else ""))
@@ -261,11 +316,17 @@ def predict(
 
 @app.command()
 @guarded
-def export(kb: str, out: Annotated[Path, typer.Option("--out", help="Output .npz file.")], coordinator: RemoteCoordinatorOption = "127.0.0.1:50051") -> None:
+def export(
+    kb: str,
+    out: Annotated[Path, typer.Option("--out", help="Output .npz file.")],
+    coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
+    token: TokenOption = None,
+    tls_ca: TLSCAOption = None,
+    tls_cert: TLSCertOption = None,
+    tls_key: TLSKeyOption = None,
+) -> None:
     """Export a KB's embeddings with their names to an .npz file."""
-    from kdmkb.services.client import CoordinatorClient
-
-    client = CoordinatorClient(coordinator)
+    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
     counts = client.export(kb, out)
     client.close()
     typer.echo(f"wrote {', '.join(f'{n} {kind} vectors' for kind, n in counts.items())} to {out}")
@@ -320,13 +381,14 @@ def cluster_up(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Coordinator /metrics port.")] = 9400,
     prometheus_port: Annotated[int, typer.Option("--prometheus-port", help="Prometheus web/API port.")] = 9090,
     scrape_interval: Annotated[str, typer.Option("--scrape-interval", help="Prometheus scrape and rule evaluation interval.")] = "5s",
+    data_root: Annotated[Optional[list[Path]], typer.Option("--data-root", help="The coordinator's data roots (kdmkb serve --data-root); default: the current directory.")] = None,
 ) -> None:
     """Start the local cluster on 127.0.0.1 and return once every part is ready."""
     from kdmkb.services.cluster import cluster_up as up
 
-    state = up(state_dir, [name.strip() for name in kbs.split(",") if name.strip()], ray_port, coordinator_port, metrics_port, prometheus_port, scrape_interval)
+    state = up(state_dir, [name.strip() for name in kbs.split(",") if name.strip()], ray_port, coordinator_port, metrics_port, prometheus_port, scrape_interval, data_roots=data_root)
     typer.echo(f"ray:         {state['ray_address']}  (nodes: head, {', '.join(f'{kb} with {r}' for kb, r in state['resources'].items())})")
-    typer.echo(f"coordinator: {state['coordinator']}  (data: {state['data_dir']}, metrics: {state['coordinator_metrics']})")
+    typer.echo(f"coordinator: {state['coordinator']}  (data: {state['data_dir']}, data roots: {', '.join(state['data_roots'])}, metrics: {state['coordinator_metrics']})")
     typer.echo(f"prometheus:  {state['prometheus']}")
     typer.echo(f"register a KB with its resource (RegisterKB resource=\"kb:<name>\"); stop with: kdmkb cluster down --state-dir {state_dir}")
 

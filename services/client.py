@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from kdmkb.services.config import JobFile
+from kdmkb.services.tls import ClientTLS
 from kdmkb.services.wire import to_struct
 
 TERMINAL_STATES = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_STOPPED}
@@ -32,11 +34,38 @@ def metrics_dict(message: pb.Metrics) -> dict:
     return values
 
 
+class _CallDetails(namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")), grpc.ClientCallDetails):
+    pass
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Sends ``authorization: Bearer <token>`` with every call (over TLS or plain loopback alike)."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> _CallDetails:
+        metadata = (*(details.metadata or ()), self.header)
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+def open_channel(address: str, token: str | None = None, tls: ClientTLS | None = None) -> grpc.Channel:
+    """A channel to the coordinator: TLS when ``tls`` is given, with the token on every call when one is."""
+    channel = grpc.secure_channel(address, tls.credentials()) if tls else grpc.insecure_channel(address)
+    return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
+
+
 class CoordinatorClient:
-    def __init__(self, address: str, timeout: float = 600.0) -> None:
+    def __init__(self, address: str, timeout: float = 600.0, token: str | None = None, tls: ClientTLS | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address)
+        self.channel = open_channel(address, token, tls)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
 
     def close(self) -> None:
@@ -115,12 +144,16 @@ def job_report(job: pb.Job) -> dict:
 
 
 @contextmanager
-def embedded_coordinator(data_dir: str | None = None, ray_address: str | None = None):
-    """A local Ray (or the cluster at ``ray_address``) and an in-process coordinator, reached over its own gRPC API on 127.0.0.1."""
+def embedded_coordinator(data_dir: str | None = None, ray_address: str | None = None, data_roots: list[Path] | None = None):
+    """A local Ray (or the cluster at ``ray_address``) and an in-process coordinator, reached over its own gRPC API on 127.0.0.1.
+
+    ``data_roots``: where it may read KB folders and alignment files (default: anywhere).
+    """
     from kdmkb.coordinator.server import start_server
     from kdmkb.coordinator.service import Coordinator
+    from kdmkb.services.data_roots import DataRoots
 
-    coordinator = Coordinator(data_dir, ray_address=ray_address)
+    coordinator = Coordinator(data_dir, ray_address=ray_address, data_roots=DataRoots(data_roots))
     server, port = start_server(coordinator, "127.0.0.1:0")
     client = CoordinatorClient(f"127.0.0.1:{port}")
     try:

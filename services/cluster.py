@@ -137,10 +137,13 @@ def cluster_up(
     scrape_interval: str = "5s",
     object_store_mb: int = 200,
     timeout: float = 120.0,
+    data_roots: list[Path] | None = None,
 ) -> dict:
     """Starts the Ray head, a Ray node per KB, the coordinator and Prometheus; returns what cluster.json holds.
 
     A port of 0 is replaced by a free one. On any failure everything started so far is stopped.
+    The coordinator reads KB folders and alignment files only under ``data_roots`` (default: the
+    current directory).
     """
     if not kbs or len(set(kbs)) != len(kbs):
         raise ConfigError(f"kbs: give distinct KB names, one Ray node each; got {kbs}")
@@ -159,6 +162,7 @@ def cluster_up(
         "coordinator_metrics": f"{HOST}:{ports['metrics']}",
         "prometheus": f"http://{HOST}:{ports['prometheus']}",
         "data_dir": str(state_dir / "coordinator"),
+        "data_roots": [str(Path(root).resolve()) for root in data_roots or [Path.cwd()]],
         # Short: Ray's unix socket paths under it must stay below 108 characters.
         "ray_temp_dir": tempfile.mkdtemp(prefix="kdmkb-ray-"),
         "resources": {name: f"kb:{name}" for name in kbs},
@@ -199,6 +203,7 @@ def _start_coordinator(launcher: _Launcher, timeout: float) -> None:
         "--data-dir", state["data_dir"],
         "--ray-address", state["ray_address"],
         "--metrics-port", state["coordinator_metrics"].rsplit(":", 1)[1],
+        *(argument for root in state["data_roots"] for argument in ("--data-root", root)),
     ]  # fmt: skip
     process = launcher.start("coordinator", command, {"KDMKB_METRICS_HOST": HOST})
     launcher.wait_for("coordinator", process, _log_says(launcher.log("coordinator"), COORDINATOR_STARTED), timeout)

