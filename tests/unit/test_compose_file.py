@@ -79,3 +79,11 @@ def test_the_image_sets_the_environment_ray_workers_need():
     dockerfile = (REPO / "deploy" / "images" / "kdmkb.Dockerfile").read_text()
     env = dict(re.findall(r"^\s*(?:ENV\s+)?([A-Z_]+)=(\S+?)\s*\\?$", dockerfile, flags=re.MULTILINE))
     assert {key: env.get(key) for key in WORKER_ENV} == WORKER_ENV
+
+
+def test_the_coordinator_reads_kb_data_only_under_its_data_root_and_is_insecure_only_by_default():
+    command = SERVICES["coordinator"]["command"][-1]
+    root = re.search(r"--data-root (\S+)", command).group(1)
+    data = [target for service in SERVICES.values() for target in mounts(service) if target.startswith("/data")]
+    assert len(data) >= 3 and all(target.startswith(f"{root}/") for target in data), data
+    assert command.endswith("${KDMKB_SECURITY:---insecure}")  # a secured deployment sets KDMKB_SECURITY (deploy/README.md)
