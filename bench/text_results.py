@@ -53,6 +53,7 @@ def _row(worker_type: str, settings: dict, rounds: int, steps: int, note: str) -
 ROWS = {
     "umls-complex": _row("complex", STRUCTURAL, 20, 100, "2,000 steps of 128 (49 epochs)"),
     "umls-rotate": _row("rotate", STRUCTURAL, 20, 100, "2,000 steps of 128 (49 epochs)"),
+    "umls-complex-1vsall": _row("feature-complex", {"rank": 200, "batch_size": 256, "n3": 0.01, "threads": 2}, 20, 102, "2,040 steps of 256, 1vsAll + reciprocals, N3 (100 epochs)"),
     "umls-lmke-mlp": _row("lmke", LMKE, 10, 65, "650 steps of 16 (2 epochs)"),
     "umls-lmke-cosine": _row("lmke", {**LMKE, "matcher": "cosine"}, 10, 65, "650 steps of 16 (2 epochs)"),
     "umls-lmke-no-degrees": _row("lmke", {**LMKE, "degrees": False}, 10, 65, "650 steps of 16 (2 epochs)"),
@@ -63,6 +64,13 @@ ROWS = {
 }
 ZERO_SHOT = "umls-minilm-zero-shot"
 SEED = 0
+TRANSE = {"dim": 200, "learning_rate": 3e-3, "negatives": 64, "batch_size": 128, "threads": 2}
+# UMLS cut in two KBs (kdmkb split, seed 0, every entity aligned): a text KB (lmke) and a
+# structural one (transe), alone and cooperative: where does each help the other, by degree?
+FEDERATION = {
+    f"umls2-lmke-transe-{strategy}": {"strategy": strategy, "job": {"rounds": 10, "steps_per_round": 65, "top_k": 10, "alpha": 0.5}, "note": "650 steps per KB"}
+    for strategy in ("none", "cooperative")
+}
 
 
 def _toml_value(value) -> str:
@@ -87,9 +95,27 @@ def job_file(name: str, row: dict, folder: Path) -> Path:
     return path
 
 
+def federation_job_file(name: str, row: dict, folder: Path, state: Path) -> Path:
+    """Both KBs of the UMLS halves (split once into ``state/umls2``), the text one as lmke, the other as transe."""
+    import tomli_w
+
+    from kdmkb.services.split import split_dataset, write_job_file
+
+    halves = state / "umls2"
+    if not (halves / "job.toml").is_file():
+        write_job_file(split_dataset(UMLS, halves, kbs=2, seed=SEED, names=["text", "struct"], align="all"), relative=False)
+    raw = tomllib.loads((halves / "job.toml").read_text(encoding="utf-8"))
+    raw["strategy"], raw["job"] = row["strategy"], {**row["job"], "seed": SEED, "eval_every": 0, "checkpoint_every": 1}
+    for kb in raw["kb"]:
+        kb["worker_type"], kb["settings"] = ("lmke", LMKE) if kb["name"] == "text" else ("transe", TRANSE)
+    path = folder / "job.toml"
+    path.write_text(tomli_w.dumps(raw), encoding="utf-8")
+    return path
+
+
 def _record_sitting(folder: Path, started: float, finished: bool, returncode: int) -> None:
     with (folder / "sittings.jsonl").open("a", encoding="utf-8") as out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
         record = {"started": started, "seconds": time.time() - started, "load_average": os.getloadavg(), "finished": finished, "returncode": returncode, "commit": commit}
         out.write(json.dumps(record) + "\n")
 
@@ -106,7 +132,8 @@ def run_row(name: str, state: Path) -> None:
         report.write_text(json.dumps(zero_shot(), indent=2) + "\n", encoding="utf-8")
         _record_sitting(folder, started, True, 0)
         return
-    command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job_file(name, ROWS[name], folder)), "--data-dir", str(folder / "data"), "--report", str(report)]
+    job = federation_job_file(name, FEDERATION[name], folder, state) if name in FEDERATION else job_file(name, ROWS[name], folder)
+    command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job), "--data-dir", str(folder / "data"), "--report", str(report)]
     print("$ " + " ".join(command), flush=True)
     try:
         returncode = subprocess.call(command)
@@ -176,21 +203,40 @@ def table(state: Path) -> None:
     """Markdown: one line per finished row, and its budget, wall seconds over its sittings and their load."""
     print("| row | worker type | budget | MRR | MR | H@1 | H@3 | H@10 | wall s (sittings) | load avg (1 min) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in [*ROWS, ZERO_SHOT]:
+    for name in [*ROWS, ZERO_SHOT, *FEDERATION]:
         report = state / name / "report.json"
         if not report.exists():
             continue
-        [metrics] = json.loads(report.read_text(encoding="utf-8"))["kbs"].values()
-        sittings = [json.loads(line) for line in (state / name / "sittings.jsonl").read_text(encoding="utf-8").splitlines()]
-        wall = sum(s["seconds"] for s in sittings)
-        loads = ", ".join(f"{s['load_average'][0]:.1f}" for s in sittings)
-        row = ROWS.get(name)
-        budget = row["note"] if row else "no training"
-        kind = row["worker_type"] if row else "MiniLM"
-        print(
-            f"| {name} | {kind} | {budget} | {metrics['mrr']:.4f} | {metrics['mr']:.2f} | {metrics['hits@1']:.4f} | {metrics['hits@3']:.4f} | {metrics['hits@10']:.4f} "
-            f"| {wall:,.0f} ({len(sittings)}) | {loads} |"
-        )
+        for kb, metrics in json.loads(report.read_text(encoding="utf-8"))["kbs"].items():
+            _table_line(name if name not in FEDERATION else f"{name} / {kb}", ROWS.get(name) or FEDERATION.get(name), metrics, state / name)
+    print()
+    degree_table(state)
+
+
+def _table_line(label: str, row: dict | None, metrics: dict, folder: Path) -> None:
+    sittings = [json.loads(line) for line in (folder / "sittings.jsonl").read_text(encoding="utf-8").splitlines()]
+    wall = sum(s["seconds"] for s in sittings)
+    loads = ", ".join(f"{s['load_average'][0]:.1f}" for s in sittings)
+    budget = row["note"] if row else "no training"
+    kind = row.get("worker_type", "lmke + transe") if row else "MiniLM"
+    print(
+        f"| {label} | {kind} | {budget} | {metrics['mrr']:.4f} | {metrics['mr']:.2f} | {metrics['hits@1']:.4f} | {metrics['hits@3']:.4f} | {metrics['hits@10']:.4f} "
+        f"| {wall:,.0f} ({len(sittings)}) | {loads} |"
+    )
+
+
+def degree_table(state: Path) -> None:
+    """Markdown: test MRR per bucket of the target's train degree, one line per finished row and KB (the long tail first)."""
+    reports = {name: json.loads((state / name / "report.json").read_text(encoding="utf-8")) for name in [*ROWS, ZERO_SHOT, *FEDERATION] if (state / name / "report.json").exists()}
+    lines = [(name, kb, metrics["by_degree"]) for name, report in reports.items() for kb, metrics in report["kbs"].items() if metrics.get("by_degree")]
+    if not lines:
+        return
+    buckets = sorted({bucket for _, _, by in lines for bucket in by}, key=lambda bucket: int(bucket.split("-")[0]))
+    print("| row | KB | " + " | ".join(f"deg {b}" for b in buckets) + " |")
+    print("|---|---|" + "---|" * len(buckets))
+    for name, kb, by in lines:
+        cells = [f"{by[b]['mrr']:.3f} ({by[b]['num_queries']})" if b in by else "" for b in buckets]
+        print(f"| {name} | {kb} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -198,7 +244,7 @@ def main() -> None:
     parser.add_argument("--state", type=Path, default=STATE, help="Where each row keeps its job file, coordinator data, report and sittings.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="Run (or continue) rows.")
-    run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join([*ROWS, ZERO_SHOT])}.")
+    run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join([*ROWS, ZERO_SHOT, *FEDERATION])}.")
     run.add_argument("--all", action="store_true", help="Every row not finished yet, in table order.")
     commands.add_parser("table", help="Print the finished rows as Markdown.")
     commands.add_parser("list", help="Name every row with its budget.")
@@ -210,10 +256,10 @@ def main() -> None:
     elif args.command == "table":
         table(args.state)
     else:
-        unknown = [name for name in args.rows if name not in ROWS and name != ZERO_SHOT]
+        unknown = [name for name in args.rows if name not in ROWS and name not in FEDERATION and name != ZERO_SHOT]
         if unknown or not (args.rows or args.all):
             parser.error(f"unknown rows {unknown}; see `list`" if unknown else "name rows or give --all")
-        for name in [*ROWS, ZERO_SHOT] if args.all else args.rows:
+        for name in [*ROWS, ZERO_SHOT, *FEDERATION] if args.all else args.rows:
             run_row(name, args.state)
 
 
