@@ -148,7 +148,7 @@ def _served_metrics(job: pb.Job) -> dict:
 def test_a_job_resumed_after_sigkill_ends_as_an_uninterrupted_one(tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings):
     data = tmp_path / "state"
     settings = {**job_settings, "rounds": 16, "eval_every": 0, "checkpoint_every": 3}
-    first = Served(data)
+    first = Served(data, "--data-root", str(nations_split.out_dir))  # the KB folders and alignments
     try:
         for name in kb_names:
             request = pb.RegisterKBRequest(name=name, data_dir=str(nations_split.out_dir / name), worker_type="transe", settings=to_struct(worker_settings))
@@ -164,7 +164,7 @@ def test_a_job_resumed_after_sigkill_ends_as_an_uninterrupted_one(tmp_path, nati
     record = json.loads((data / "jobs" / f"{job.job_id}.json").read_text())
     assert record["state"] == "RUNNING" and 3 <= record["checkpoint_round"] < record["round"] < settings["rounds"], record
 
-    second = Served(data)
+    second = Served(data, "--data-root", str(nations_split.out_dir))
     try:
         resumed = _finished(second.stub, job.job_id)
         assert resumed.state == pb.JOB_STATE_SUCCEEDED, resumed.error

@@ -32,7 +32,8 @@ class Server:
 
     def __init__(self, data_dir: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kdmkb", "serve", "--address", "127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data_dir)],
+            # the test's folder holds the KBs too: it is the data root
+            [sys.executable, "-m", "kdmkb", "serve", "--address", "127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data_dir), "--data-root", str(data_dir.parent)],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "KDMKB_LOG_LEVEL": "WARNING"},
