@@ -44,8 +44,11 @@ LMKE = {"max_length": 64, "batch_size": 16, "learning_rate": 1e-3, "encoder_lear
 MTL_KGC = {"max_length": 64, "batch_size": 16, "learning_rate": 1e-4, "encoder_learning_rate": 5e-5, "negatives": 1, "threads": 2}
 
 
-def _row(worker_type: str, settings: dict, rounds: int, steps: int, note: str) -> dict:
-    return {"worker_type": worker_type, "settings": settings, "job": {"rounds": rounds, "steps_per_round": steps}, "note": note}
+WN18RR = Path(__file__).resolve().parents[2] / "shared" / "data" / "wn18rr"  # ../shared/data, beside the repository
+
+
+def _row(worker_type: str, settings: dict, rounds: int, steps: int, note: str, data: Path = UMLS) -> dict:
+    return {"worker_type": worker_type, "settings": settings, "job": {"rounds": rounds, "steps_per_round": steps}, "note": note, "data": data}
 
 
 # One UMLS epoch of LP batches is 326 steps of 16; each MTL-KGC task has its own batches, so
@@ -61,6 +64,12 @@ ROWS = {
     "umls-mtl-kgc-lp-rp": _row("mtl-kgc", {**MTL_KGC, "tasks": ["lp", "rp"]}, 8, UMLS_STEPS_PER_EPOCH_16 // 4 + 1, "1 epoch of each task"),
     "umls-mtl-kgc-lp-rr": _row("mtl-kgc", {**MTL_KGC, "tasks": ["lp", "rr"]}, 8, UMLS_STEPS_PER_EPOCH_16 // 4 + 1, "1 epoch of each task"),
     "umls-mtl-kgc-lp-rp-rr": _row("mtl-kgc", {**MTL_KGC, "tasks": ["lp", "rp", "rr"]}, 12, UMLS_STEPS_PER_EPOCH_16 // 4 + 1, "1 epoch of each task"),
+    # WN18RR (40,943 entities, short synset glosses): C-LMKE at a stated budget, MTL-KGC reranking
+    # RotatE's top 10, structural types beside them (their wall times side by side in the table).
+    "wn18rr-lmke": _row("lmke", {**LMKE, "max_length": 32}, 20, 100, "2,000 steps of 16", WN18RR),
+    "wn18rr-mtl-kgc-rerank": _row("mtl-kgc", {**MTL_KGC, "max_length": 32, "rerank_k": 10, "retriever": "rotate"}, 20, 100, "2,000 steps of 16; rerank@10(rotate)", WN18RR),
+    "wn18rr-rotate": _row("rotate", {**STRUCTURAL, "batch_size": 512}, 20, 500, "10,000 steps of 512 (59 epochs)", WN18RR),
+    "wn18rr-complex-1vsall": _row("feature-complex", {"rank": 200, "batch_size": 1000, "n3": 0.1, "threads": 2}, 20, 87, "1,740 steps of 1000, 1vsAll + reciprocals, N3 (20 epochs)", WN18RR),
 }
 ZERO_SHOT = "umls-minilm-zero-shot"
 SEED = 0
@@ -84,10 +93,10 @@ def _toml_value(value) -> str:
 
 
 def job_file(name: str, row: dict, folder: Path) -> Path:
-    """The row's job file: one UMLS KB, strategy none, a checkpoint every round."""
+    """The row's job file: one KB (the whole dataset), strategy none, a checkpoint every round."""
     job = {**row["job"], "seed": SEED, "eval_every": 0, "checkpoint_every": 1}
     lines = ['strategy = "none"', "", "[job]", *(f"{k} = {_toml_value(v)}" for k, v in job.items()), "", "[[kb]]"]
-    lines += [f'name = "{name.removeprefix("umls-")}"', f"data = {_toml_value(str(UMLS))}", f'worker_type = "{row["worker_type"]}"', "", "[kb.settings]"]
+    lines += [f'name = "{name.split("-", 1)[1]}"', f"data = {_toml_value(str(row['data']))}", f'worker_type = "{row["worker_type"]}"', "", "[kb.settings]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in row["settings"].items()]
     path = folder / "job.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
