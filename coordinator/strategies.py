@@ -20,7 +20,7 @@ from kdmkb.services.errors import ConfigError
 from kdmkb.services.registry import Registry
 
 Mode = Literal["push", "pull"]
-CandidateRule = Literal["top-k", "listed", "all"]
+CandidateRule = Literal["top-k", "listed", "all", "shared"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Edge:
 
     ``push``: the teacher labels the queries of its own batches (KD-MKB). ``pull``: the student
     sends its own batches' queries and the teacher labels those, over ``candidates``: the teacher's
-    top-k plus k random (``top-k``), the student's own (``listed``), or every shared entity (``all``).
+    top-k plus k random (``top-k``), the student's own (``listed``), every shared entity (``all``),
+    or one list the student shares across a block's queries plus a tail bucket for the rest (``shared``).
     ``weight`` scales the teacher's term in the student's teacher combination.
     """
 
@@ -65,13 +66,23 @@ class StrategySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    def check_kbs(self, kbs: list[str]) -> None:
+        """Refuses settings that name a KB outside ``kbs`` (a job's, or a job file's), naming the field."""
+
+    @staticmethod
+    def _require_kb(field: str, name: str, kbs: list[str]) -> None:
+        if name not in kbs:
+            raise ConfigError(f"strategy_settings.{field}: {name!r} is not one of the job's KBs ({', '.join(kbs)})")
+
 
 class ExchangeSettings(StrategySettings):
     """Settings of strategies whose KBs exchange soft labels."""
 
     exchange: Mode = Field("push", description="push: teachers label their own batches (KD-MKB); pull: students ask their teachers about their own batches.")
     candidates: CandidateRule = Field(
-        "top-k", description="pull only: the teacher's top-k plus k random (top-k), the student's own (listed), or every shared entity (all)."
+        "top-k",
+        description="pull only: the teacher's top-k plus k random (top-k), the student's own (listed), every shared entity (all), "
+        "or one list per block (the student's top-k and train answers) plus a tail bucket for the rest (shared).",
     )
 
     def edge(self, teacher: str, student: str, weight: float = 1.0) -> Edge:
@@ -85,6 +96,7 @@ class Strategy(abc.ABC):
     min_kbs: ClassVar[int] = 2
 
     def __init__(self, kbs: list[str], settings: StrategySettings, job: JobSettings) -> None:
+        settings.check_kbs(list(kbs))
         self.kbs = tuple(kbs)
         self.settings = settings
         self.job = job
@@ -149,6 +161,10 @@ class PretrainSettings(ExchangeSettings):
 class OneWaySettings(PretrainSettings):
     teacher: str | None = Field(None, description="The frozen teacher KB (default: the job's first KB).")
 
+    def check_kbs(self, kbs: list[str]) -> None:
+        if self.teacher is not None:
+            self._require_kb("teacher", self.teacher, kbs)
+
 
 @STRATEGIES.register("one-way")
 class OneWay(Strategy):
@@ -159,8 +175,6 @@ class OneWay(Strategy):
     def __init__(self, kbs: list[str], settings: OneWaySettings, job: JobSettings) -> None:
         super().__init__(kbs, settings, job)
         self.teacher = settings.teacher or self.kbs[0]
-        if self.teacher not in self.kbs:
-            raise ConfigError(f"strategy_settings.teacher: {self.teacher!r} is not one of the job's KBs ({', '.join(self.kbs)})")
         self.pretrain = settings.pretrain(job)
 
     def plan(self, round_: int) -> RoundPlan:
@@ -186,6 +200,43 @@ class Sequential(Strategy):
         teacher = self.kbs[(round_ - self.pretrain) % len(self.kbs)]
         students = tuple(kb for kb in self.kbs if kb != teacher)
         return RoundPlan(tuple(self.settings.edge(teacher, s) for s in students), students)
+
+
+class DSoMStrategySettings(StrategySettings):
+    student: str = Field(description="The student KB; every other KB of the job is one of its teachers.")
+    pretrain_rounds: int = Field(0, ge=0, description="Rounds in which the teachers train alone first (0: they were trained beforehand, e.g. by a job of strategy none).")
+    answers: Literal["full", "compact"] = Field(
+        "full", description="What each teacher answers: its logits over every shared entity, or over one list per block (the student's top-k and train answers) plus a tail bucket."
+    )
+
+    def check_kbs(self, kbs: list[str]) -> None:
+        self._require_kb("student", self.student, kbs)
+
+
+@STRATEGIES.register("dsom")
+class DSoMStrategy(Strategy):
+    """DSoM (Zhao et al. 2025): teachers pre-trained alone, then frozen; the student pulls every teacher's labels for its own queries.
+
+    Only the student trains once the teachers are done. How it combines them is the job's
+    ``combination`` (``dsom``: the reinforced selection with NDKD; ``mean-kl``: the plain average of KLs).
+    """
+
+    settings_model = DSoMStrategySettings
+
+    def __init__(self, kbs: list[str], settings: DSoMStrategySettings, job: JobSettings) -> None:
+        super().__init__(kbs, settings, job)
+        if settings.pretrain_rounds >= job.rounds:
+            raise ConfigError(f"strategy_settings.pretrain_rounds: {settings.pretrain_rounds} must be smaller than the job's rounds ({job.rounds})")
+        if job.combination == "dsom" and job.relation_weight:
+            raise ConfigError("settings.relation_weight: the dsom combination distils entity queries only; set it to 0")
+        self.teachers = tuple(kb for kb in self.kbs if kb != settings.student)
+        rule = "all" if settings.answers == "full" else "shared"
+        self.edges = tuple(Edge(teacher, settings.student, "pull", 1.0, rule) for teacher in self.teachers)
+
+    def plan(self, round_: int) -> RoundPlan:
+        if round_ < self.settings.pretrain_rounds:
+            return RoundPlan((), self.teachers)
+        return RoundPlan(self.edges, (self.settings.student,))
 
 
 def validate_strategy_settings(name: str, raw: dict | StrategySettings | None) -> StrategySettings:

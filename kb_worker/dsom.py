@@ -7,6 +7,7 @@ test against hand-computed values.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -79,3 +80,55 @@ def ndkd_loss(
     log_student = torch.log_softmax(masked_student, dim=-1)
     nnkd = torch.where(neighbours, torch.zeros_like(log_teacher), log_teacher.exp() * (log_teacher - log_student)).sum(-1)
     return (alpha * nekd + beta * nnkd).mean() * temperature**2
+
+
+# -- the teacher-selection policy (eq. 5-6) --------------------------------------------------------
+def full_state(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: every teacher's distribution over the candidates, concatenated: ``[M, q, c]`` -> ``[q, M c]``."""
+    return torch.softmax(teacher_logits, dim=-1).transpose(0, 1).flatten(1)
+
+
+def compact_state_width(teachers: int, top_m: int) -> int:
+    return teachers * (top_m + 3)
+
+
+def compact_state(teacher_logits: torch.Tensor, target_columns: torch.Tensor, neighbours: torch.Tensor, top_m: int) -> torch.Tensor:
+    """Per teacher: its ``top_m`` largest probabilities, its entropy over ``log c``, the target's probability and the neighbours' mass.
+
+    ``[M, q, c]`` -> ``[q, M (top_m + 3)]``: a width that does not grow with the KB (eq. 5's is ``M |E|``).
+    """
+    probabilities = torch.softmax(teacher_logits, dim=-1)
+    width = probabilities.shape[-1]
+    top = probabilities.topk(min(top_m, width), dim=-1).values
+    top = F.pad(top, (0, top_m - top.shape[-1]))
+    entropy = -(probabilities * torch.log_softmax(teacher_logits, dim=-1)).sum(-1, keepdim=True) / math.log(max(width, 2))
+    target = probabilities.gather(-1, target_columns[None, :, None].expand(probabilities.shape[0], -1, 1))
+    mass = (probabilities * neighbours).sum(-1, keepdim=True)
+    return torch.cat([top, entropy, target, mass], dim=-1).transpose(0, 1).flatten(1)
+
+
+class PolicyNetwork(torch.nn.Module):
+    """Eq. 6: an MLP with one ReLU hidden layer from a query's state to logits over the ``2^M - 1`` teacher subsets."""
+
+    def __init__(self, state_width: int, hidden: int, actions: int) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(state_width, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, actions))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.layers(state), dim=-1)
+
+
+# -- fixed selections (Table 2) --------------------------------------------------------------------
+def confident_teacher(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """ConfTeacher: per query the teacher with the largest maximum probability, as a ``bool [q, M]`` choice."""
+    confidence = torch.softmax(teacher_logits, dim=-1).amax(dim=-1)  # [M, q]
+    return F.one_hot(confidence.argmax(dim=0), teacher_logits.shape[0]).bool()
+
+
+def best_subset(teacher_logits: torch.Tensor, target_columns: torch.Tensor, subsets: torch.Tensor) -> torch.Tensor:
+    """Per query the subset (a row of ``subsets``) whose combined teacher has the lowest cross-entropy on the target.
+
+    With the single-teacher rows of :func:`teacher_subsets` only, this is BestTeacher; with all, BestStrategy.
+    """
+    losses = torch.stack([F.cross_entropy(combined_logits(teacher_logits, subset.expand(teacher_logits.shape[1], -1)), target_columns, reduction="none") for subset in subsets])
+    return subsets[losses.argmin(dim=0)]

@@ -26,7 +26,8 @@ _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 TEACHER_TOP_K = queries_pb2.CANDIDATE_RULE_TEACHER_TOP_K
 LISTED = queries_pb2.CANDIDATE_RULE_LISTED
 ALL_ALIGNED = queries_pb2.CANDIDATE_RULE_ALL_ALIGNED
-CANDIDATE_RULES = {"top-k": TEACHER_TOP_K, "listed": LISTED, "all": ALL_ALIGNED}
+LISTED_WITH_TAIL = queries_pb2.CANDIDATE_RULE_LISTED_WITH_TAIL
+CANDIDATE_RULES = {"top-k": TEACHER_TOP_K, "listed": LISTED, "all": ALL_ALIGNED, "shared": LISTED_WITH_TAIL}
 
 
 def to_tensor(array: np.ndarray) -> pb.Tensor:
@@ -74,7 +75,8 @@ class SoftLabelBlock:
     step: int
     queries: np.ndarray  # int [q, 2]
     candidates: np.ndarray  # int [q, c]
-    scores: np.ndarray  # float [q, c]
+    scores: np.ndarray  # float [q, c], or [q, c + 1] with a tail bucket
+    tail: bool = False  # the last score column is the log of the mass of every other shared entity
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ def encode(labels: SoftLabels) -> bytes:
             queries=to_tensor(_ids(block.queries)),
             candidates=to_tensor(_ids(_shared_row(block.candidates))),
             scores=to_tensor(block.scores),
+            tail_bucket=block.tail,
         )
     return message.SerializeToString()
 
@@ -109,16 +112,17 @@ def decode(payload: bytes) -> SoftLabels:
         queries, candidates, scores = (from_tensor(t) for t in (block.queries, block.candidates, block.scores))
         if scores.ndim == 2:
             candidates = _broadcast_shared(candidates, scores.shape[0])
-        if queries.ndim != 2 or queries.shape[1] != 2 or candidates.shape != scores.shape or candidates.shape[:1] != queries.shape[:1]:
+        listed = scores.shape[:1] + (scores.shape[1] - 1,) if block.tail_bucket and scores.ndim == 2 else scores.shape
+        if queries.ndim != 2 or queries.shape[1] != 2 or candidates.shape != listed or candidates.shape[:1] != queries.shape[:1]:
             raise ValueError(f"malformed SoftLabels block from {message.teacher!r}: shapes {queries.shape}, {candidates.shape}, {scores.shape}")
-        blocks.append(SoftLabelBlock(QueryKind(block.kind), block.step, queries, candidates, scores))
+        blocks.append(SoftLabelBlock(QueryKind(block.kind), block.step, queries, candidates, scores, block.tail_bucket))
     return SoftLabels(message.job_id, message.round, message.teacher, message.student, tuple(blocks))
 
 
 # -- Queries -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class QueryBlock:
-    """One kind of a student's queries at one of its steps, in alignment ids; ``candidates`` only for the LISTED rule."""
+    """One kind of a student's queries at one of its steps, in alignment ids; ``candidates`` only for the LISTED rules."""
 
     kind: QueryKind
     step: int
@@ -153,7 +157,7 @@ def encode_queries(queries: Queries) -> bytes:
 def decode_queries(payload: bytes) -> Queries:
     """The queries; a malformed message raises ``ValueError`` naming the student."""
     message = queries_pb2.Queries.FromString(payload)
-    if message.rule not in (TEACHER_TOP_K, LISTED, ALL_ALIGNED):
+    if message.rule not in (TEACHER_TOP_K, LISTED, ALL_ALIGNED, LISTED_WITH_TAIL):
         raise ValueError(f"Queries from {message.student!r} name no candidate rule")
     if message.rule == TEACHER_TOP_K and message.top_k <= 0:
         raise ValueError(f"Queries from {message.student!r} ask for a top-k of {message.top_k}")
@@ -163,7 +167,7 @@ def decode_queries(payload: bytes) -> Queries:
         if queries.ndim != 2 or queries.shape[1] != 2:
             raise ValueError(f"malformed Queries block from {message.student!r}: queries of shape {queries.shape}")
         candidates = None
-        if message.rule == LISTED:
+        if message.rule in (LISTED, LISTED_WITH_TAIL):
             candidates = _broadcast_shared(from_tensor(block.candidates), queries.shape[0])
             if candidates.ndim != 2 or candidates.shape[0] != queries.shape[0] or candidates.shape[1] < 1:
                 raise ValueError(f"malformed Queries block from {message.student!r}: candidates of shape {candidates.shape} for {queries.shape[0]} queries")

@@ -47,3 +47,21 @@ def distillation_kl(
     per_row = (teacher.exp() * (teacher - student)).sum(dim=-1)
     total = per_row.mean() if weights is None else (weights * per_row).sum()
     return total * temperature**2
+
+
+EMPTY_BUCKET = 1000.0
+
+
+def with_tail_bucket(scores: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``scores [q, n]`` at ``columns [q, c]``, then one tail bucket: the log of the summed ``exp`` of every other column.
+
+    A softmax over the ``[q, c + 1]`` result is the distribution over the listed candidates plus
+    the total mass of the rest: a compact answer that keeps every row's normalisation.
+    """
+    listed = scores.gather(1, columns)
+    rest = torch.ones_like(scores, dtype=torch.bool).scatter(1, columns, False)
+    empty = ~rest.any(dim=1, keepdim=True)
+    mass = torch.where(rest | empty, scores, float("-inf")).logsumexp(dim=1, keepdim=True)
+    # every column listed: an empty bucket, a finite logit EMPTY_BUCKET below the row's least (sums and means of logits stay finite)
+    floor = listed.detach().amin(dim=1, keepdim=True) - EMPTY_BUCKET
+    return torch.cat([listed, torch.where(empty, floor, mass)], dim=1)

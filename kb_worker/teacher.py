@@ -9,6 +9,7 @@ import torch
 
 from kdmkb.kb_worker import exchange
 from kdmkb.kb_worker.alignment_view import QUERY_COLUMNS, LocalAlignment, PeerPools
+from kdmkb.kb_worker.losses import with_tail_bucket
 from kdmkb.kb_worker.worker_types import QueryKind, WorkerType
 from kdmkb.services.config import DistillSettings
 from kdmkb.services.errors import DataError
@@ -39,8 +40,13 @@ class Teacher(Side):
         }
         self._candidate_cache: dict[tuple[int, QueryKind], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _logits(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor) -> np.ndarray:
-        scores = self.model.score_sliced(kind, queries, candidates) * self.model.logit_scale
+    def _logits(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor, tail_pool: torch.Tensor | None = None) -> np.ndarray:
+        """Logits over ``candidates``; with ``tail_pool`` (sorted), one more column: the tail bucket of the pool's other entities."""
+        if tail_pool is None:
+            scores = self.model.score_sliced(kind, queries, candidates) * self.model.logit_scale
+        else:
+            everything = self.model.score_sliced(kind, queries, tail_pool.expand(queries.shape[0], -1)) * self.model.logit_scale
+            scores = with_tail_bucket(everything, torch.searchsorted(tail_pool, candidates))
         return scores.numpy().astype(np.dtype(self.distill.score_dtype))
 
     # -- push: the teacher's own batches (KD-MKB) ------------------------------------------------
@@ -69,12 +75,12 @@ class Teacher(Side):
             blocks.extend(self._blocks(kind, steps[selected].numpy(), queries, candidates))
         return blocks
 
-    def _blocks(self, kind: QueryKind, steps: np.ndarray, queries: torch.Tensor, candidates: torch.Tensor) -> list[exchange.SoftLabelBlock]:
-        scores = self._logits(kind, queries, candidates)
+    def _blocks(self, kind: QueryKind, steps: np.ndarray, queries: torch.Tensor, candidates: torch.Tensor, tail_pool: torch.Tensor | None = None) -> list[exchange.SoftLabelBlock]:
+        scores = self._logits(kind, queries, candidates, tail_pool)
         query_ids = self.alignment.aligned_queries(kind, queries)
         candidate_ids = self.alignment.aligned_candidates(kind, candidates)
         return [
-            exchange.SoftLabelBlock(kind, int(s), query_ids[steps == s], candidate_ids[steps == s], scores[steps == s])
+            exchange.SoftLabelBlock(kind, int(s), query_ids[steps == s], candidate_ids[steps == s], scores[steps == s], tail_pool is not None)
             for s in np.unique(steps)
         ]
 
@@ -125,8 +131,10 @@ class Teacher(Side):
             kind = block.kind
             queries = self.alignment.local_queries(kind, block.queries, asked.student)
             pool = pools.pool(kind)
-            if asked.rule == exchange.LISTED:
+            tail_pool = None
+            if asked.rule in (exchange.LISTED, exchange.LISTED_WITH_TAIL):
                 candidates = self.alignment.local_candidates(kind, block.candidates, asked.student)
+                tail_pool = pool if asked.rule == exchange.LISTED_WITH_TAIL and kind != QueryKind.RELATION else None
             elif asked.rule == exchange.ALL_ALIGNED or kind == QueryKind.RELATION:
                 candidates = pool.expand(queries.shape[0], -1)
             else:
@@ -134,5 +142,5 @@ class Teacher(Side):
                 candidates = pools.with_random(kind, self.model.top_candidates(kind, queries, pool, k), k)
             if not pools.shares(kind, queries, candidates):
                 raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
-            blocks.extend(self._blocks(kind, np.full(queries.shape[0], block.step), queries, candidates))
+            blocks.extend(self._blocks(kind, np.full(queries.shape[0], block.step), queries, candidates, tail_pool))
         return asked.student, exchange.encode(exchange.SoftLabels(asked.job_id, asked.round, self.name, asked.student, tuple(blocks)))

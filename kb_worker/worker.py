@@ -18,7 +18,7 @@ import torch
 
 from kdmkb.kb_worker import checkpoints
 from kdmkb.kb_worker.alignment_view import AlignmentView, LocalAlignment
-from kdmkb.kb_worker.combining import make_combination
+from kdmkb.kb_worker.combining import StudentContext, make_combination
 from kdmkb.kb_worker.data import KnowledgeBase, load_kb
 from kdmkb.kb_worker.ranking import KnownAnswers, RankingMetrics, evaluate_ranking
 from kdmkb.kb_worker.student import Student
@@ -118,7 +118,10 @@ class KBWorker:
     def _sides(self, model: WorkerType) -> tuple[WorkerType, Teacher, Student]:
         """Both sides around ``model`` (the student side creates the optimiser)."""
         distill = self.distill
-        combination = make_combination(distill.combination, distill.combination_settings, temperature=distill.temperature, relation_weight=distill.relation_weight)
+        context = StudentContext(self.kb, tuple(sorted(self.alignment.peers)), model.device)
+        combination = make_combination(
+            distill.combination, distill.combination_settings, temperature=distill.temperature, relation_weight=distill.relation_weight, context=context
+        )
         side = Side(self.name, self.job_id, model, self.alignment, distill)
         return model, Teacher(side, self._train, self.settings.batch_size), Student(side, combination)
 
@@ -207,6 +210,8 @@ class KBWorker:
         metrics.WORKER_TRIPLES.labels(*labels).inc(triples)
         metrics.WORKER_STEPS_RATE.labels(*labels).set(len(batches) / seconds if seconds > 0 else 0.0)
         metrics.WORKER_TRIPLES_RATE.labels(*labels).set(triples / seconds if seconds > 0 else 0.0)
+        for subset, count in result.get("teacher_subsets", {}).items():
+            metrics.WORKER_TEACHER_SUBSETS.labels(*labels, subset).inc(count)
         sequences = self.model.trained_sequences - sequences_before
         return {"loss": result["loss"], "kd_loss": result["kd_loss"], "steps": self.step, "seconds": seconds, "triples": triples, "sequences": sequences}
 

@@ -105,7 +105,9 @@ class JobFile(Strict):
         from kdmkb.coordinator.strategies import validate_strategy_settings
         from kdmkb.kb_worker.worker_types import WORKER_TYPES
 
-        self.strategy_settings = validate_strategy_settings(self.strategy, self.strategy_settings).model_dump(exclude_unset=True)
+        strategy_settings = validate_strategy_settings(self.strategy, self.strategy_settings)
+        strategy_settings.check_kbs([entry.name for entry in self.kb])
+        self.strategy_settings = strategy_settings.model_dump(exclude_unset=True)
         for index, entry in enumerate(self.kb):
             try:
                 worker_type = WORKER_TYPES.get(entry.worker_type)

@@ -45,6 +45,9 @@ WORKER_SENT_BYTES = Counter("kdmkb_worker_soft_label_sent_bytes", "Bytes of Soft
 WORKER_RECEIVED_BYTES = Counter("kdmkb_worker_soft_label_received_bytes", "Bytes of SoftLabels messages the KB received as student from the peer.", PAIR_LABELS)
 WORKER_SENT_MESSAGES = Counter("kdmkb_worker_soft_label_sent_messages", "SoftLabels messages the KB sent as teacher to the peer.", PAIR_LABELS)
 WORKER_RECEIVED_MESSAGES = Counter("kdmkb_worker_soft_label_received_messages", "SoftLabels messages the KB received as student from the peer.", PAIR_LABELS)
+WORKER_TEACHER_SUBSETS = Counter(
+    "kdmkb_worker_teacher_subset_queries", "Training queries for which the KB's teacher combination chose the subset of its teachers (DSoM's Fig. 3).", (*KB_LABELS, "subset")
+)
 WORKER_QUERY_SENT_BYTES = Counter("kdmkb_worker_query_sent_bytes", "Bytes of Queries messages the KB sent as student to the peer (pull exchange).", PAIR_LABELS)
 
 # -- coordinator ------------------------------------------------------------------------------

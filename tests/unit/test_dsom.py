@@ -1,4 +1,5 @@
-"""DSoM's equations against hand-computed values: subsets, the combined teacher, reward, baseline, the policy gradient's sign, NDKD on 5 entities."""
+"""DSoM's equations against hand-computed values: subsets, the combined teacher, reward, baseline, the policy gradient's sign, NDKD on 5 entities,
+the policy's two state encodings and the fixed selections of Table 2."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ import math
 import pytest
 import torch
 
-from kdmkb.kb_worker.dsom import combined_logits, ndkd_loss, reinforce_loss, rewards, teacher_subsets
+from kdmkb.kb_worker.dsom import (
+    PolicyNetwork,
+    best_subset,
+    combined_logits,
+    compact_state,
+    compact_state_width,
+    confident_teacher,
+    full_state,
+    ndkd_loss,
+    reinforce_loss,
+    rewards,
+    teacher_subsets,
+)
 
 
 def softmax(values: list[float], temperature: float = 1.0) -> list[float]:
@@ -82,3 +95,46 @@ def test_ndkd_is_zero_when_student_equals_teacher_and_its_gradient_reaches_the_s
     assert student.grad.abs().sum() > 0 and teacher_leaf.grad is None
     with pytest.raises(ValueError, match="neighbour_mass"):
         ndkd_loss(teacher, teacher, neighbours, neighbour_mass="max")
+
+
+def entropy(p: list[float]) -> float:
+    return -sum(a * math.log(a) for a in p if a > 0)
+
+
+TEACHERS = [[[2.0, 0.0, 1.0, -1.0]], [[0.0, 0.0, 0.0, 3.0]]]  # 2 teachers, 1 query, 4 entities
+
+
+def test_full_state_concatenates_each_teachers_distribution():
+    state = full_state(torch.tensor(TEACHERS))
+    assert state.shape == (1, 8)
+    assert state[0].tolist() == pytest.approx(softmax(TEACHERS[0][0]) + softmax(TEACHERS[1][0]), rel=1e-6)
+
+
+def test_compact_state_by_hand():
+    target, neighbours = torch.tensor([2]), torch.tensor([[False, True, True, False]])
+    state = compact_state(torch.tensor(TEACHERS), target, neighbours, top_m=2)
+    assert state.shape == (1, compact_state_width(2, 2)) == (1, 10)
+    expected = []
+    for (logits,) in TEACHERS:
+        p = softmax(logits)
+        expected += sorted(p, reverse=True)[:2] + [entropy(p) / math.log(4), p[2], p[1] + p[2]]
+    assert state[0].tolist() == pytest.approx(expected, rel=1e-5)
+    wide = compact_state(torch.tensor(TEACHERS), target, neighbours, top_m=6)  # more than the entities: zero-padded
+    assert wide.shape == (1, 18) and wide[0, 4:6].tolist() == [0.0, 0.0]
+
+
+def test_the_policy_maps_a_state_to_log_probabilities_over_the_subsets():
+    policy = PolicyNetwork(state_width=10, hidden=16, actions=7)
+    log_policy = policy(torch.randn(3, 10))
+    assert log_policy.shape == (3, 7) and log_policy.exp().sum(dim=1).tolist() == pytest.approx([1.0] * 3)
+    assert sum(p.numel() for p in policy.parameters()) == 10 * 16 + 16 + 16 * 7 + 7
+
+
+def test_fixed_selections_by_hand():
+    logits = torch.tensor([[[2.0, 0.0, 0.0]], [[0.0, 0.0, 5.0]], [[0.0, 1.0, 0.0]]])  # 3 teachers, 1 query
+    assert confident_teacher(logits).tolist() == [[False, True, False]]  # max probabilities .79, .99, .58
+    subsets = teacher_subsets(3)
+    # target 0: teacher 0 alone has the lowest cross-entropy
+    assert best_subset(logits, torch.tensor([0]), subsets[subsets.sum(dim=1) == 1]).tolist() == [[True, False, False]]
+    # target 1: teacher 2 alone (logit 1 of 3) beats every mean, e.g. teachers 0 and 2 ([1, .5, 0])
+    assert best_subset(logits, torch.tensor([1]), subsets).tolist() == [[False, False, True]]

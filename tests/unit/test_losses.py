@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdmkb.kb_worker.losses import distillation_kl, logistic_loss, self_adversarial_loss
+from kdmkb.kb_worker.losses import EMPTY_BUCKET, distillation_kl, logistic_loss, self_adversarial_loss, with_tail_bucket
 
 POSITIVE = [1.0, -0.5]
 NEGATIVE = [[0.2, -1.0, 0.5], [1.5, 0.0, -2.0]]
@@ -193,3 +193,17 @@ def test_kl_weighted_sum_of_rows():
     assert got.item() == pytest.approx(0.25 * rows[0] + 0.75 * rows[1], rel=1e-10)
     uniform = distillation_kl(teacher, student, 2.0, weights=torch.tensor([0.5, 0.5], dtype=torch.float64))
     assert uniform.item() == pytest.approx(distillation_kl(teacher, student, 2.0).item(), rel=1e-10)
+
+
+def test_a_tail_bucket_holds_the_mass_of_the_unlisted_columns():
+    scores = torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.5, 0.0, 0.0, 0.0]], requires_grad=True)
+    bucketed = with_tail_bucket(scores, torch.tensor([[1, 3], [0, 2]]))
+    expected = [[2.0, -1.0, math.log(math.exp(1.0) + math.exp(0.0))], [0.5, 0.0, math.log(2.0)]]
+    assert bucketed.tolist() == [pytest.approx(row, rel=1e-6) for row in expected]
+    # the softmax over listed + bucket is the full softmax with the unlisted columns summed
+    full = torch.softmax(scores, dim=1)
+    assert torch.softmax(bucketed, dim=1)[0].tolist() == pytest.approx([full[0, 1].item(), full[0, 3].item(), (full[0, 0] + full[0, 2]).item()], rel=1e-6)
+    everything = with_tail_bucket(scores, torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]]))
+    assert everything[:, 4].tolist() == [-1.0 - EMPTY_BUCKET, 0.0 - EMPTY_BUCKET]  # nothing unlisted: an empty bucket
+    everything.sum().backward()
+    assert torch.isfinite(scores.grad).all()

@@ -58,10 +58,20 @@ def test_every_kb_trains_the_same_steps_except_frozen_teachers():
     """The strategies share a budget: a KB trains in every round it is not a frozen teacher."""
     for name in STRATEGIES:
         settings = {"pretrain_rounds": 4} if "pretrain_rounds" in STRATEGIES.get(name).settings_model.model_fields else {}
+        if name == "dsom":  # teachers trained beforehand (its own test covers pre-training, when the student waits)
+            settings = {"student": "a"}
         rounds = plans(name, settings, rounds=8)
         trained = {kb: sum(kb in p.training for p in rounds) for kb in KBS}
         frozen = {kb: sum(kb in teachers(p) and kb not in p.training for p in rounds) for kb in KBS}
         assert all(trained[kb] + frozen[kb] == 8 for kb in KBS), (name, trained, frozen)
+
+
+def test_dsom_teachers_pretrain_then_the_student_pulls_every_teachers_answers():
+    rounds = plans("dsom", {"student": "b", "pretrain_rounds": 2}, rounds=4)
+    assert rounds[:2] == [RoundPlan((), ("a", "c"))] * 2
+    assert rounds[2:] == [RoundPlan((Edge("a", "b", "pull", 1.0, "all"), Edge("c", "b", "pull", 1.0, "all")), ("b",))] * 2
+    compact = plans("dsom", {"student": "a", "answers": "compact"}, rounds=1)[0]
+    assert {(e.teacher, e.candidates) for e in compact.edges} == {("b", "shared"), ("c", "shared")} and compact.training == ("a",)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +84,11 @@ def test_every_kb_trains_the_same_steps_except_frozen_teachers():
         ("cooperative", KBS, {"teacher": "a"}, "strategy_settings.teacher"),  # not a cooperative setting
         ("none", KBS, {"exchange": "pull"}, "strategy_settings.exchange"),
         ("sequential", KBS, {"exchange": "sideways"}, "strategy_settings.exchange"),
+        ("dsom", KBS, {}, "strategy_settings.student"),
+        ("dsom", KBS, {"student": "z"}, "strategy_settings.student"),
+        ("dsom", KBS, {"student": "a", "pretrain_rounds": 30}, "strategy_settings.pretrain_rounds"),
+        ("dsom", KBS, {"student": "a", "answers": "some"}, "strategy_settings.answers"),
+        ("dsom", ["a"], {"student": "a"}, "kbs"),
     ],
 )
 def test_bad_strategy_requests_name_the_field(name, kbs, settings, field):
@@ -81,9 +96,15 @@ def test_bad_strategy_requests_name_the_field(name, kbs, settings, field):
         make_strategy(name, kbs, JobSettings(rounds=30), settings)
 
 
+def test_dsom_with_its_combination_sends_no_relation_queries():
+    with pytest.raises(ConfigError, match="settings.relation_weight"):
+        make_strategy("dsom", KBS, JobSettings(combination="dsom"), {"student": "a"})  # relation_weight defaults to 0.25
+    assert make_strategy("dsom", KBS, JobSettings(combination="dsom", relation_weight=0), {"student": "a"}).teachers == ("b", "c")
+
+
 def test_minimum_kbs_come_from_the_strategy():
     assert STRATEGIES.get("none").min_kbs == 1 and make_strategy("none", ["a"], JobSettings())
-    assert all(STRATEGIES.get(name).min_kbs == 2 for name in ("cooperative", "one-way", "sequential"))
+    assert all(STRATEGIES.get(name).min_kbs == 2 for name in ("cooperative", "one-way", "sequential", "dsom"))
 
 
 class _Alternating(Strategy):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kdmkb.protos.kdmkb.exchange.v1 import soft_labels_pb2 as kdmkb_dot_exchange_dot_v1_dot_soft__labels__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkdmkb/exchange/v1/queries.proto\x12\x11kdmkb.exchange.v1\x1a#kdmkb/exchange/v1/soft_labels.proto\"\xa1\x01\n\nQueryBlock\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.kdmkb.exchange.v1.QueryKind\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12*\n\x07queries\x18\x03 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\x12-\n\ncandidates\x18\x04 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\"\xb8\x01\n\x07Queries\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07student\x18\x03 \x01(\t\x12\x0f\n\x07teacher\x18\x04 \x01(\t\x12.\n\x04rule\x18\x05 \x01(\x0e\x32 .kdmkb.exchange.v1.CandidateRule\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12-\n\x06\x62locks\x18\x07 \x03(\x0b\x32\x1d.kdmkb.exchange.v1.QueryBlock*\x8c\x01\n\rCandidateRule\x12\x1e\n\x1a\x43\x41NDIDATE_RULE_UNSPECIFIED\x10\x00\x12 \n\x1c\x43\x41NDIDATE_RULE_TEACHER_TOP_K\x10\x01\x12\x19\n\x15\x43\x41NDIDATE_RULE_LISTED\x10\x02\x12\x1e\n\x1a\x43\x41NDIDATE_RULE_ALL_ALIGNED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fkdmkb/exchange/v1/queries.proto\x12\x11kdmkb.exchange.v1\x1a#kdmkb/exchange/v1/soft_labels.proto\"\xa1\x01\n\nQueryBlock\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.kdmkb.exchange.v1.QueryKind\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12*\n\x07queries\x18\x03 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\x12-\n\ncandidates\x18\x04 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\"\xb8\x01\n\x07Queries\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07student\x18\x03 \x01(\t\x12\x0f\n\x07teacher\x18\x04 \x01(\t\x12.\n\x04rule\x18\x05 \x01(\x0e\x32 .kdmkb.exchange.v1.CandidateRule\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12-\n\x06\x62locks\x18\x07 \x03(\x0b\x32\x1d.kdmkb.exchange.v1.QueryBlock*\xb1\x01\n\rCandidateRule\x12\x1e\n\x1a\x43\x41NDIDATE_RULE_UNSPECIFIED\x10\x00\x12 \n\x1c\x43\x41NDIDATE_RULE_TEACHER_TOP_K\x10\x01\x12\x19\n\x15\x43\x41NDIDATE_RULE_LISTED\x10\x02\x12\x1e\n\x1a\x43\x41NDIDATE_RULE_ALL_ALIGNED\x10\x03\x12#\n\x1f\x43\x41NDIDATE_RULE_LISTED_WITH_TAIL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kdmkb.exchange.v1.queries_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CANDIDATERULE']._serialized_start=443
-  _globals['_CANDIDATERULE']._serialized_end=583
+  _globals['_CANDIDATERULE']._serialized_end=620
   _globals['_QUERYBLOCK']._serialized_start=92
   _globals['_QUERYBLOCK']._serialized_end=253
   _globals['_QUERIES']._serialized_start=256

@@ -14,10 +14,12 @@ class CandidateRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANDIDATE_RULE_TEACHER_TOP_K: _ClassVar[CandidateRule]
     CANDIDATE_RULE_LISTED: _ClassVar[CandidateRule]
     CANDIDATE_RULE_ALL_ALIGNED: _ClassVar[CandidateRule]
+    CANDIDATE_RULE_LISTED_WITH_TAIL: _ClassVar[CandidateRule]
 CANDIDATE_RULE_UNSPECIFIED: CandidateRule
 CANDIDATE_RULE_TEACHER_TOP_K: CandidateRule
 CANDIDATE_RULE_LISTED: CandidateRule
 CANDIDATE_RULE_ALL_ALIGNED: CandidateRule
+CANDIDATE_RULE_LISTED_WITH_TAIL: CandidateRule
 
 class QueryBlock(_message.Message):
     __slots__ = ("kind", "step", "queries", "candidates")

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#kdmkb/exchange/v1/soft_labels.proto\x12\x11kdmkb.exchange.v1\"\xbd\x01\n\x06Tensor\x12.\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1f.kdmkb.exchange.v1.Tensor.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_INT32\x10\x01\x12\x0f\n\x0b\x44TYPE_INT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04\"\xd0\x01\n\x0eSoftLabelBlock\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.kdmkb.exchange.v1.QueryKind\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12*\n\x07queries\x18\x03 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\x12-\n\ncandidates\x18\x04 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\x12)\n\x06scores\x18\x05 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\"\x80\x01\n\nSoftLabels\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07teacher\x18\x03 \x01(\t\x12\x0f\n\x07student\x18\x04 \x01(\t\x12\x31\n\x06\x62locks\x18\x05 \x03(\x0b\x32!.kdmkb.exchange.v1.SoftLabelBlock*j\n\tQueryKind\x12\x1a\n\x16QUERY_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fQUERY_KIND_TAIL\x10\x01\x12\x13\n\x0fQUERY_KIND_HEAD\x10\x02\x12\x17\n\x13QUERY_KIND_RELATION\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#kdmkb/exchange/v1/soft_labels.proto\x12\x11kdmkb.exchange.v1\"\xbd\x01\n\x06Tensor\x12.\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1f.kdmkb.exchange.v1.Tensor.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"f\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_INT32\x10\x01\x12\x0f\n\x0b\x44TYPE_INT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04\"\xe5\x01\n\x0eSoftLabelBlock\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.kdmkb.exchange.v1.QueryKind\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12*\n\x07queries\x18\x03 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\x12-\n\ncandidates\x18\x04 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\x12)\n\x06scores\x18\x05 \x01(\x0b\x32\x19.kdmkb.exchange.v1.Tensor\x12\x13\n\x0btail_bucket\x18\x06 \x01(\x08\"\x80\x01\n\nSoftLabels\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x0f\n\x07teacher\x18\x03 \x01(\t\x12\x0f\n\x07student\x18\x04 \x01(\t\x12\x31\n\x06\x62locks\x18\x05 \x03(\x0b\x32!.kdmkb.exchange.v1.SoftLabelBlock*j\n\tQueryKind\x12\x1a\n\x16QUERY_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fQUERY_KIND_TAIL\x10\x01\x12\x13\n\x0fQUERY_KIND_HEAD\x10\x02\x12\x17\n\x13QUERY_KIND_RELATION\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kdmkb.exchange.v1.soft_labels_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYKIND']._serialized_start=592
-  _globals['_QUERYKIND']._serialized_end=698
+  _globals['_QUERYKIND']._serialized_start=613
+  _globals['_QUERYKIND']._serialized_end=719
   _globals['_TENSOR']._serialized_start=59
   _globals['_TENSOR']._serialized_end=248
   _globals['_TENSOR_DTYPE']._serialized_start=146
   _globals['_TENSOR_DTYPE']._serialized_end=248
   _globals['_SOFTLABELBLOCK']._serialized_start=251
-  _globals['_SOFTLABELBLOCK']._serialized_end=459
-  _globals['_SOFTLABELS']._serialized_start=462
-  _globals['_SOFTLABELS']._serialized_end=590
+  _globals['_SOFTLABELBLOCK']._serialized_end=480
+  _globals['_SOFTLABELS']._serialized_start=483
+  _globals['_SOFTLABELS']._serialized_end=611
 # @@protoc_insertion_point(module_scope)

@@ -41,18 +41,20 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[Tensor.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SoftLabelBlock(_message.Message):
-    __slots__ = ("kind", "step", "queries", "candidates", "scores")
+    __slots__ = ("kind", "step", "queries", "candidates", "scores", "tail_bucket")
     KIND_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    TAIL_BUCKET_FIELD_NUMBER: _ClassVar[int]
     kind: QueryKind
     step: int
     queries: Tensor
     candidates: Tensor
     scores: Tensor
-    def __init__(self, kind: _Optional[_Union[QueryKind, str]] = ..., step: _Optional[int] = ..., queries: _Optional[_Union[Tensor, _Mapping]] = ..., candidates: _Optional[_Union[Tensor, _Mapping]] = ..., scores: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    tail_bucket: bool
+    def __init__(self, kind: _Optional[_Union[QueryKind, str]] = ..., step: _Optional[int] = ..., queries: _Optional[_Union[Tensor, _Mapping]] = ..., candidates: _Optional[_Union[Tensor, _Mapping]] = ..., scores: _Optional[_Union[Tensor, _Mapping]] = ..., tail_bucket: _Optional[bool] = ...) -> None: ...
 
 class SoftLabels(_message.Message):
     __slots__ = ("job_id", "round", "teacher", "student", "blocks")
