@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomli_w
 import tomllib
 from typer.testing import CliRunner
 
@@ -159,6 +160,25 @@ def test_run_writes_a_report(cli, ray_session, job_file, tmp_path):
     assert f"report written to {report_path}" in result.stdout
     for kb, metrics in report["kbs"].items():
         assert any(line.split()[:2] == [kb, "cooperative"] and f"{metrics['mrr']:.4f}" in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_run_a_text_federation_from_a_job_file(cli, ray_session, tmp_path, tiny_encoder):
+    """worker_type = "lmke" and "mtl-kgc" beside transe in one cooperative job file; progress shows the encoders' sequences/s."""
+    summary = split_dataset(dataset_dir("umls"), tmp_path / "kbs", kbs=3, seed=0, names=["bi", "cross", "struct"], align="all")
+    path = write_job_file(summary, job={"rounds": 2, "steps_per_round": 2, "checkpoint_every": 0, "eval_every": 0, "top_k": 4})
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    text = {"encoder": tiny_encoder, "max_length": 24, "batch_size": 4, "eval_batch_size": 256}
+    types = {"bi": ("lmke", text), "cross": ("mtl-kgc", {**text, "tasks": ["lp", "rp"]}), "struct": ("transe", {"dim": 16, "batch_size": 64, "negatives": 8})}
+    for kb in raw["kb"]:
+        kb["worker_type"], kb["settings"] = types[kb["name"]]
+    path.write_text(tomli_w.dumps(raw), encoding="utf-8")
+    report_path = tmp_path / "report.json"
+    result = cli("run", path, "--report", report_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["state"] == "SUCCEEDED" and set(report["kbs"]) == {"bi", "cross", "struct"}
+    assert all(0 < m["mrr"] <= 1 for m in report["kbs"].values())
+    assert "seq/s" in result.stderr and "triples/s" in result.stderr, result.stderr
 
 
 def _checkpointed_rounds(data_dir: Path) -> int:
