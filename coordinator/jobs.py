@@ -235,6 +235,9 @@ class JobRunner(threading.Thread):
             progress.update(loss=result["loss"], kd_loss=result["kd_loss"], steps=result["steps"])
             for total, part in (("train_triples", "triples"), ("train_sequences", "sequences"), ("train_seconds", "seconds")):
                 progress[total] = progress.get(total, 0) + result[part]
+            for subset, count in result.get("teacher_subsets", {}).items():  # queries per subset of teachers its combination chose (DSoM's Fig. 3)
+                chosen = progress.setdefault("teacher_subsets", {})
+                chosen[subset] = chosen.get(subset, 0) + count
         return time.perf_counter() - started, RoundResults(round_, trained, label_bytes)
 
     def _meter_queries(self, student: str, teacher: str, size: int) -> None:

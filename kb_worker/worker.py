@@ -213,7 +213,15 @@ class KBWorker:
         for subset, count in result.get("teacher_subsets", {}).items():
             metrics.WORKER_TEACHER_SUBSETS.labels(*labels, subset).inc(count)
         sequences = self.model.trained_sequences - sequences_before
-        return {"loss": result["loss"], "kd_loss": result["kd_loss"], "steps": self.step, "seconds": seconds, "triples": triples, "sequences": sequences}
+        return {
+            "loss": result["loss"],
+            "kd_loss": result["kd_loss"],
+            "steps": self.step,
+            "seconds": seconds,
+            "triples": triples,
+            "sequences": sequences,
+            "teacher_subsets": result.get("teacher_subsets", {}),
+        }
 
     # -- evaluation and serving ------------------------------------------------------------
     def evaluate(self, split: str = "test", by_degree: bool = False) -> dict:
