@@ -17,10 +17,12 @@ from kdmkb.coordinator.strategies import RoundPlan, RoundResults, make_strategy
 from kdmkb.kb_worker.alignment_view import AlignmentView
 from kdmkb.services import metrics
 from kdmkb.services.config import JobSettings
-from kdmkb.services.errors import DataError
+from kdmkb.services.errors import DataError, UnavailableError
 from kdmkb.services.ray_runtime import unwrap
 
 log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 3  # worker restarts within one run of a job before it fails
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STATES = ("CREATED", "RUNNING", *TERMINAL)
@@ -43,6 +45,8 @@ class Job:
     checkpoint_round: int = 0
     # round (as text: JSON keys) -> the job's side of that round's checkpoint: progress and strategy state
     checkpoints: dict = field(default_factory=dict)
+    # each KB's registration when the job was created: a KB registered again with other settings stops it from running
+    kb_specs: dict = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -71,7 +75,7 @@ class Job:
 @dataclass(frozen=True)
 class JobEvent:
     job_id: str
-    kind: str  # state, started, round, evaluated, evaluating, finished, failed, stopped
+    kind: str  # state, started, round, restarted, evaluated, evaluating, finished, failed, stopped
     state: str
     round: int
     total_rounds: int
@@ -86,7 +90,7 @@ class JobRunner(threading.Thread):
     One job's failure fails that job only: every error ends here, in the job's record.
     """
 
-    def __init__(self, job: Job, workers: dict, views: dict[str, AlignmentView], store, on_change, resume: bool) -> None:
+    def __init__(self, job: Job, workers: dict, views: dict[str, AlignmentView], store, on_change, resume: bool, revive) -> None:
         super().__init__(name=f"job-{job.job_id}", daemon=True)
         self.job = job
         self.workers = workers
@@ -94,6 +98,7 @@ class JobRunner(threading.Thread):
         self.store = store
         self.on_change = on_change
         self.resume = resume
+        self.revive = revive  # KB names -> (their workers' handles, the names of those restarted): Coordinator.revive_dead
         self.stop_requested = threading.Event()
         self.interrupted = threading.Event()  # coordinator shutting down: leave the job resumable
         self._subscribers: list[queue.Queue] = []
@@ -130,7 +135,9 @@ class JobRunner(threading.Thread):
             self._configure(settings, strategy)
             job.state = "RUNNING"
             self._emit("started")
-            for round_ in range(job.round, settings.rounds):
+            restarts = 0
+            while job.round < settings.rounds:
+                round_ = job.round
                 if self.interrupted.is_set():
                     return
                 if self.stop_requested.is_set():
@@ -139,7 +146,12 @@ class JobRunner(threading.Thread):
                     job.state = "STOPPED"
                     self._emit("stopped", message="stopped on request")
                     return
-                seconds, results = self._round(round_, strategy.plan(round_), settings)
+                try:
+                    seconds, results = self._round(round_, strategy.plan(round_), settings)
+                except ray.exceptions.RayActorError:
+                    restarts += 1
+                    self._restart_workers(round_, restarts, settings, strategy)
+                    continue
                 strategy.observe(results)
                 job.round = round_ + 1
                 metrics.ROUND_SECONDS.labels(job.job_id).observe(seconds)
@@ -158,7 +170,23 @@ class JobRunner(threading.Thread):
             log.exception("job %s failed", job.job_id)
             job.state = "FAILED"
             job.error = f"{type(cause).__name__}: {cause}"
+            if isinstance(cause, ray.exceptions.RayActorError):  # outside a round: said plainly, without Ray's internals
+                job.error = "UnavailableError: a KB worker of this job ended (killed or out of memory); StartJob resumes the job from its last checkpoint"
             self._emit("failed", message=job.error)
+
+    def _restart_workers(self, round_: int, restarts: int, settings: JobSettings, strategy) -> None:
+        """A worker died in round ``round_``: restart it and go on from the last checkpoint; the job fails, in plain words, after MAX_RESTARTS."""
+        if restarts > MAX_RESTARTS:
+            raise UnavailableError(f"KB workers of this job ended {restarts} times in this run, last in round {round_ + 1}; StartJob resumes the job from its last checkpoint")
+        try:
+            self.workers, restarted = self.revive(list(self.workers))
+        except UnavailableError as error:
+            raise UnavailableError(f"round {round_ + 1}: {error}; StartJob resumes the job from its last checkpoint") from None
+        names = ", ".join(map(repr, restarted)) or "?"
+        log.warning("job %s: the worker of KB %s ended in round %d; restarted, resuming from the last checkpoint", self.job.job_id, names, round_ + 1)
+        self.resume = True
+        self._configure(settings, strategy)
+        self._emit("restarted", message=f"the worker of KB {names} ended in round {round_ + 1}; restarted, resuming at round {self.job.round}")
 
     def _configure(self, settings: JobSettings, strategy) -> None:
         """Fresh models from the job's seed, or, resuming, the newest checkpoint every KB can load (older ones when the latest is damaged)."""

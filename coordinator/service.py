@@ -20,12 +20,13 @@ from kdmkb.kb_worker.worker_types import WORKER_TYPES
 from kdmkb.services import metrics
 from kdmkb.services.config import KB_NAME_PATTERN, JobSettings, validate
 from kdmkb.services.data_roots import DataRoots
-from kdmkb.services.errors import ConfigError, DataError, KdmkbError, NotFoundError, PreconditionError
+from kdmkb.services.errors import ConfigError, DataError, KdmkbError, NotFoundError, PreconditionError, UnavailableError
 from kdmkb.services.ray_runtime import ensure_ray, unwrap
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("valid", "test")
+HEALTH_SECONDS = 5.0  # a worker that does not answer its health check in this time counts as unhealthy
 
 
 @dataclass
@@ -95,7 +96,9 @@ class Coordinator:
                     metrics.JOB_STATE.labels(job.job_id, state).set(float(job.state == state))
 
     # -- KBs -------------------------------------------------------------------------------
-    def register_kb(self, name: str, data_dir: str, worker_type: str = "transe", settings: dict | None = None, resource: str = "") -> dict:
+    def register_kb(self, name: str, data_dir: str, worker_type: str = "transe", settings: dict | None = None, resource: str = "", force: bool = False) -> dict:
+        """Registers a KB, or re-registers it with other settings: refused while it has alignments or unfinished jobs unless ``force``
+        (its alignments are then rebuilt against its new vocabulary, and those jobs refuse to run)."""
         _require(name, "name")
         if not KB_NAME_PATTERN.fullmatch(name):
             raise ConfigError(f"name: {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -106,20 +109,66 @@ class Coordinator:
         except ConfigError as error:
             raise ConfigError(f"worker_type: {error}") from None
         typed = validate(worker_class.settings_model, settings or {}, prefix="settings")
-        options = worker_class.actor_options(typed, ray.cluster_resources().get("GPU", 0.0))
         spec = {"name": name, "data_dir": str(self.data_roots.resolve(data_dir, "data_dir")), "worker_type": worker_type, "settings": typed.model_dump(exclude_unset=True), "resource": resource}
         with self._lock:
             existing = self._kbs.get(name)
             if existing and existing.spec == spec:
+                self.revive_dead([name])
                 return self._describe_kb(name)
             if existing and self._busy(name):
                 raise PreconditionError(f"KB {name!r} is in running job {self._busy(name)!r}; stop it before re-registering")
+            if existing and not force and self._dependents(name):
+                raise PreconditionError(
+                    f"KB {name!r} has {self._dependents(name)}; re-registering it with other settings needs force "
+                    "(its alignments are then rebuilt and those jobs refuse to run)"
+                )
         if resource and resource not in ray.cluster_resources():
             raise PreconditionError(f"resource: no node of the Ray cluster offers {resource!r}; start one with --resources='{{\"{resource}\": 1}}'")
-        handle = spawn_worker(name, spec["data_dir"], worker_type, typed, resource, options)
+        handle, info = self._open_worker(spec)
+        vocabulary, rebuilt = None, {}
+        if existing:
+            try:
+                vocabulary = self._call(handle.vocabulary.remote(), name)
+                rebuilt = self._rebuilt_alignments(name, vocabulary)
+            except BaseException:
+                ray.kill(handle)
+                raise
+        with self._lock:
+            if existing:
+                ray.kill(existing.handle)
+                self._alignments.update(rebuilt)
+                self._persist_alignments()
+            self._kbs[name] = _KB(spec, handle, info, vocabulary)
+            self._persist_kbs()
+        return self._describe_kb(name)
+
+    def _dependents(self, name: str) -> str:
+        """What a re-registration of ``name`` would change under: its alignments and its unfinished jobs, in words ("" if none)."""
+        with self._lock:
+            peers = sorted(b if a == name else a for a, b in self._alignments if name in (a, b))
+            jobs = sorted(job.job_id for job in self._jobs.values() if name in job.kbs and job.state != "SUCCEEDED")
+        parts = ([f"alignments with {', '.join(map(repr, peers))}"] if peers else []) + ([f"unfinished jobs {', '.join(jobs)}"] if jobs else [])
+        return " and ".join(parts)
+
+    def _rebuilt_alignments(self, name: str, vocabulary: dict) -> dict:
+        """``name``'s alignments read again against its new ``vocabulary``; a file that no longer fits raises, naming it."""
+        rebuilt = {}
+        for key, pair in list(self._alignments.items()):
+            if name in key:
+                vocab_a = vocabulary if pair.kb_a == name else self._vocabulary(pair.kb_a, "kb_a")
+                vocab_b = vocabulary if pair.kb_b == name else self._vocabulary(pair.kb_b, "kb_b")
+                rebuilt[key] = build_pair(pair.kb_a, pair.kb_b, vocab_a, vocab_b, pair.entities_path, pair.relations_path)
+        return rebuilt
+
+    def _open_worker(self, spec: dict) -> tuple[object, dict]:
+        """A new actor for the KB of ``spec`` with its data loaded and its /metrics served; on failure no actor is left."""
+        worker_class = WORKER_TYPES.get(spec["worker_type"])
+        typed = worker_class.settings_model.model_validate(spec["settings"])
+        options = worker_class.actor_options(typed, ray.cluster_resources().get("GPU", 0.0))
+        handle = spawn_worker(spec["name"], spec["data_dir"], spec["worker_type"], typed, spec["resource"], options)
         try:
-            info = self._call(handle.open.remote(self.data_roots.names()))
-            endpoint = self._call(handle.start_metrics.remote())
+            info = self._call(handle.open.remote(self.data_roots.names()), spec["name"])
+            endpoint = self._call(handle.start_metrics.remote(), spec["name"])
             info["metrics_address"] = f"{endpoint['host']}:{endpoint['port']}"
         except DataError as error:  # the folder's problem, named as the request field it came from
             ray.kill(handle)
@@ -127,14 +176,42 @@ class Coordinator:
         except BaseException:
             ray.kill(handle)
             raise
+        return handle, info
+
+    def health(self, names: list[str]) -> dict[str, str]:
+        """Each KB's health: "" when its worker answers within HEALTH_SECONDS (it answers also while it trains), else why not."""
         with self._lock:
-            if existing:
-                ray.kill(existing.handle)
-                self._alignments = {key: a for key, a in self._alignments.items() if name not in key}
-                self._persist_alignments()
-            self._kbs[name] = _KB(spec, handle, info)
-            self._persist_kbs()
-        return self._describe_kb(name)
+            pings = {name: self._kbs[name].handle.alive.remote() for name in names if name in self._kbs}
+        ready, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=HEALTH_SECONDS)
+        health = {}
+        for name, ref in pings.items():
+            try:
+                health[name] = "" if ref in ready and ray.get(ref) else f"its worker did not answer within {HEALTH_SECONDS:g} s"
+            except ray.exceptions.RayError:
+                health[name] = "its worker process has ended (killed or out of memory)"
+        return health
+
+    def revive_dead(self, names: list[str]) -> tuple[dict[str, object], list[str]]:
+        """Restarts the workers of ``names`` that have died (the data loaded again; a job restores its checkpoint); returns every one's handle and the names restarted.
+
+        Raises :class:`UnavailableError` naming the KB when a worker cannot be restarted.
+        """
+        restarted = []
+        for name, problem in self.health(names).items():
+            if not problem:
+                continue
+            log.warning("KB %r: %s; restarting it", name, problem)
+            spec = self._kb(name).spec
+            try:
+                handle, info = self._open_worker(spec)
+            except KdmkbError as error:
+                raise UnavailableError(f"KB {name!r}: {problem}, and it cannot be restarted: {error}") from None
+            with self._lock:
+                self._kbs[name] = _KB(spec, handle, info, self._kbs[name].vocabulary)
+                self.store.save_scrape_targets(self.scrape_targets())
+            restarted.append(name)
+        with self._lock:
+            return {name: self._kbs[name].handle for name in names}, restarted
 
     def _kb(self, name: str, field: str = "kb") -> _KB:
         _require(name, field)
@@ -149,19 +226,21 @@ class Coordinator:
                 return job_id
         return ""
 
-    def _describe_kb(self, name: str) -> dict:
+    def _describe_kb(self, name: str, problem: str | None = None) -> dict:
         kb = self._kbs[name]
         described = {k: v for k, v in kb.info.items() if k.startswith("num_") or k == "metrics_address"}
-        return {**kb.spec, **described, "busy_with_job": self._busy(name)}
+        problem = self.health([name])[name] if problem is None else problem
+        return {**kb.spec, **described, "busy_with_job": self._busy(name), "healthy": not problem, "unhealthy_reason": problem}
 
     def list_kbs(self) -> list[dict]:
+        health = self.health(list(self._kbs))
         with self._lock:
-            return [self._describe_kb(name) for name in sorted(self._kbs)]
+            return [self._describe_kb(name, health.get(name, "")) for name in sorted(self._kbs)]
 
     def _vocabulary(self, name: str, field: str) -> dict:
         kb = self._kb(name, field)
         if kb.vocabulary is None:
-            kb.vocabulary = self._call(kb.handle.vocabulary.remote())
+            kb.vocabulary = self._call(kb.handle.vocabulary.remote(), name)
         return kb.vocabulary
 
     # -- alignments ------------------------------------------------------------------------
@@ -205,7 +284,13 @@ class Coordinator:
         typed = validate(JobSettings, settings or {}, prefix="settings")
         planner = make_strategy(strategy, list(kbs), typed, strategy_settings)  # validates the strategy's own settings now
         merge(list(kbs), self._job_alignments(kbs))  # conflicting alignments fail now, not later
-        job = Job(strategy=strategy, kbs=list(kbs), settings=typed.model_dump(), strategy_settings=planner.settings.model_dump(exclude_unset=True))
+        job = Job(
+            strategy=strategy,
+            kbs=list(kbs),
+            settings=typed.model_dump(),
+            strategy_settings=planner.settings.model_dump(exclude_unset=True),
+            kb_specs={name: self._kbs[name].spec for name in kbs},
+        )
         with self._lock:
             if resume_unfinished:
                 same = [kept for kept in self._jobs.values() if kept.state != "SUCCEEDED" and kept.identity() == job.identity()]
@@ -241,13 +326,17 @@ class Coordinator:
                 self._kb(name, "kbs")
                 if self._busy(name):
                     raise PreconditionError(f"KB {name!r} is busy in job {self._busy(name)!r}")
+            self.revive_dead(job.kbs)
             self._launch(job, resume=job.state in ("FAILED", "STOPPED"))  # from its last checkpoint
         return job
 
     def _launch(self, job: Job, resume: bool) -> None:
+        for name in job.kbs:
+            if job.kb_specs and job.kb_specs.get(name) != self._kb(name, "kbs").spec:
+                raise PreconditionError(f"job_id: KB {name!r} was registered again with other settings after job {job.job_id!r} was created; create a new job")
         workers = {name: self._kb(name, "kbs").handle for name in job.kbs}
         views = merge(job.kbs, self._job_alignments(job.kbs))
-        runner = JobRunner(job, workers, views, self.store, self._export_job_states, resume)
+        runner = JobRunner(job, workers, views, self.store, self._export_job_states, resume, self.revive_dead)
         job.state, job.error = "RUNNING", ""
         self._runners[job.job_id] = runner
         runner.start()
@@ -299,20 +388,20 @@ class Coordinator:
     def evaluate(self, kb: str, split: str = "test") -> dict:
         if split not in SPLITS:
             raise ConfigError(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
-        return self._call(self._kb(kb).handle.evaluate.remote(split))
+        return self._call(self._kb(kb).handle.evaluate.remote(split), kb)
 
     def predict(self, kb: str, head: str, relation: str, k: int = 10) -> list[dict]:
         _require(head, "head")
         _require(relation, "relation")
         if not 0 < k <= 1000:
             raise ConfigError(f"k: must be between 1 and 1000, got {k}")
-        return self._call(self._kb(kb).handle.predict.remote(head, relation, k))
+        return self._call(self._kb(kb).handle.predict.remote(head, relation, k), kb)
 
     def export(self, kb: str) -> dict:
-        return self._call(self._kb(kb).handle.export.remote())
+        return self._call(self._kb(kb).handle.export.remote(), kb)
 
     def placement(self, kb: str) -> dict:
-        return self._call(self._kb(kb).handle.placement.remote())
+        return self._call(self._kb(kb).handle.placement.remote(), kb)
 
     def scrape_targets(self) -> list[dict]:
         """Every worker's /metrics address in Prometheus file_sd form (also written to the data dir)."""
@@ -320,9 +409,11 @@ class Coordinator:
             return [{"targets": [kb.info["metrics_address"]], "labels": {"kb": name}} for name, kb in sorted(self._kbs.items())]
 
     @staticmethod
-    def _call(ref):
+    def _call(ref, kb: str):
         try:
             return ray.get(ref)
+        except ray.exceptions.RayActorError:
+            raise UnavailableError(f"KB {kb!r} is unavailable: its worker process has ended (killed or out of memory); StartJob or an identical RegisterKB restarts it") from None
         except ray.exceptions.RayError as error:
             raise unwrap(error) from None
 

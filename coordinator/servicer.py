@@ -14,7 +14,7 @@ from kdmkb.coordinator.service import Coordinator
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from kdmkb.services import metrics
-from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError
+from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError, UnavailableError
 from kdmkb.services.wire import from_struct, to_struct
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ STATUS = (
     (DataError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
 )
 
 
@@ -146,7 +147,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @rpc
     def RegisterKB(self, request, context):
-        kb = self.coordinator.register_kb(request.name, request.data_dir, request.worker_type, from_struct(request.settings), request.resource)
+        kb = self.coordinator.register_kb(request.name, request.data_dir, request.worker_type, from_struct(request.settings), request.resource, request.force)
         return pb.RegisterKBResponse(kb=kb_message(kb))
 
     @rpc

@@ -36,6 +36,11 @@ class KBWorkerActor(KBWorker):
             self._metrics_port = serve_metrics()
         return {"host": advertised_host(), "port": self._metrics_port}
 
+    @ray.method(concurrency_group="health")
+    def alive(self) -> bool:
+        """Answers from a thread of its own, also while the worker trains: the coordinator's health check."""
+        return True
+
     def placement(self) -> dict:
         context = ray.get_runtime_context()
         return {"node_id": context.get_node_id(), "pid": os.getpid()}
@@ -54,4 +59,4 @@ def spawn_worker(
     options: dict = {"num_cpus": 0, "name": f"{namespace_prefix}-kb-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}", "max_concurrency": 1, **(type_options or {})}
     if resource:
         options["resources"] = {resource: 0.001}
-    return ray.remote(KBWorkerActor).options(**options).remote(name, data_dir, worker_type, settings)
+    return ray.remote(concurrency_groups={"health": 1})(KBWorkerActor).options(**options).remote(name, data_dir, worker_type, settings)

@@ -19,3 +19,7 @@ class NotFoundError(KdmkbError, LookupError):
 
 class PreconditionError(KdmkbError, RuntimeError):
     """The request is valid but the system is not in a state to serve it."""
+
+
+class UnavailableError(KdmkbError, RuntimeError):
+    """A KB's worker process is gone (killed, out of memory); a retry after its restart may succeed."""

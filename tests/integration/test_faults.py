@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import time
 import grpc
 import pytest
 
+from kdmkb.coordinator.server import start_server
 from kdmkb.coordinator.service import Coordinator
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from kdmkb.services.errors import PreconditionError
 from kdmkb.services.wire import from_struct, to_struct
 
 TIMEOUT = 180.0
@@ -174,3 +177,99 @@ def test_a_job_resumed_after_sigkill_ends_as_an_uninterrupted_one(tmp_path, nati
         assert _served_metrics(resumed) == _served_metrics(uninterrupted)
     finally:
         second.stop()
+
+
+def _kill_worker(coordinator: Coordinator, kb: str) -> None:
+    os.kill(coordinator.placement(kb)["pid"], signal.SIGKILL)
+
+
+def test_a_killed_kb_worker_is_restarted_and_its_job_continues(ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings):
+    folders = tmp_path / "kbs"
+    for name in kb_names:
+        shutil.copytree(nations_split.out_dir / name, folders / name)
+    coordinator = Coordinator(tmp_path / "state")
+    server, port = start_server(coordinator, "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.CoordinatorStub(channel)
+    try:
+        for name in kb_names:
+            coordinator.register_kb(name, str(folders / name), "transe", worker_settings)
+        coordinator.register_alignment(*kb_names, *map(str, alignment_files))
+        settings = {**job_settings, "rounds": 10, "eval_every": 0, "checkpoint_every": 2}
+        whole = coordinator.create_job("cooperative", list(kb_names), settings)
+        coordinator.start_job(whole.job_id)
+        assert coordinator.wait(whole.job_id, TIMEOUT).state == "SUCCEEDED", whole.error
+
+        # killed mid-job: restarted, restored from the last checkpoint, and the job ends as an uninterrupted one
+        job = coordinator.create_job("cooperative", list(kb_names), settings)
+        coordinator.start_job(job.job_id)
+        events = coordinator.watch_job(job.job_id, poll_seconds=0.05)
+        seen = []
+        for event in events:
+            seen.append(event)
+            if event.round == 3 and len([e for e in seen if e.kind == "restarted"]) == 0:
+                _kill_worker(coordinator, kb_names[0])
+        assert job.state == "SUCCEEDED", job.error
+        restarted = [event for event in seen if event.kind == "restarted"]
+        assert len(restarted) == 1 and repr(kb_names[0]) in restarted[0].message and restarted[0].round <= 3, restarted
+        assert _metrics(job) == _metrics(whole)
+
+        # killed while idle: unhealthy in ListKBs, UNAVAILABLE (plain words) to Predict and Evaluate, restarted by an identical RegisterKB
+        _kill_worker(coordinator, kb_names[1])
+        listed = {kb.name: kb for kb in stub.ListKBs(pb.ListKBsRequest(), timeout=TIMEOUT).kbs}
+        assert listed[kb_names[0]].healthy and not listed[kb_names[1]].healthy
+        assert "ended" in listed[kb_names[1]].unhealthy_reason
+        for call in (
+            lambda: stub.Predict(pb.PredictRequest(kb=kb_names[1], head="usa", relation="treaties"), timeout=TIMEOUT),
+            lambda: stub.Evaluate(pb.EvaluateRequest(kb=kb_names[1]), timeout=TIMEOUT),
+        ):
+            with pytest.raises(grpc.RpcError) as raised:
+                call()
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
+            assert repr(kb_names[1]) in raised.value.details() and "Ray" not in raised.value.details() and "Actor" not in raised.value.details()
+        again = pb.RegisterKBRequest(name=kb_names[1], data_dir=str(folders / kb_names[1]), worker_type="transe", settings=to_struct(worker_settings))
+        assert stub.RegisterKB(again, timeout=TIMEOUT).kb.healthy
+        assert coordinator.store.load_alignments()  # an identical registration keeps the alignment
+
+        # a worker that cannot be restarted (its folder gone): the job fails in plain words, and StartJob resumes it once it can
+        failing = coordinator.create_job("cooperative", list(kb_names), settings)
+        coordinator.start_job(failing.job_id)
+        _follow(coordinator, failing.job_id, 3)
+        (folders / kb_names[0]).rename(folders / "away")
+        _kill_worker(coordinator, kb_names[0])
+        assert coordinator.wait(failing.job_id, TIMEOUT).state == "FAILED"
+        assert repr(kb_names[0]) in failing.error and "cannot be restarted" in failing.error and "StartJob" in failing.error, failing.error
+        assert "Ray" not in failing.error and "Actor" not in failing.error
+        (folders / "away").rename(folders / kb_names[0])
+        coordinator.start_job(failing.job_id)
+        assert coordinator.wait(failing.job_id, TIMEOUT).state == "SUCCEEDED", failing.error
+        assert _metrics(failing) == _metrics(whole)
+    finally:
+        channel.close()
+        server.stop(grace=None).wait()
+        coordinator.shutdown()
+
+
+def test_re_registering_a_kb_with_other_settings_needs_force(ray_session, nations_split, kb_names, alignment_files, worker_settings, job_settings):
+    left, right = kb_names
+    coordinator = Coordinator()
+    try:
+        _register(coordinator, nations_split, kb_names, alignment_files, worker_settings)
+        before = dict(coordinator._alignments)
+        waiting = coordinator.create_job("cooperative", list(kb_names), job_settings)
+        other = {**worker_settings, "learning_rate": 0.02}
+        with pytest.raises(PreconditionError, match=rf"KB '{left}' has alignments with '{right}' and unfinished jobs {waiting.job_id}.*force"):
+            coordinator.register_kb(left, str(nations_split.out_dir / left), "transe", other)
+        assert coordinator._alignments == before and coordinator.list_kbs()[0]["settings"] == worker_settings
+        assert coordinator.register_kb(left, str(nations_split.out_dir / left), "transe", worker_settings)["healthy"]  # identical: OK
+
+        forced = coordinator.register_kb(left, str(nations_split.out_dir / left), "transe", other, force=True)
+        assert forced["settings"] == other
+        assert coordinator._alignments == before  # rebuilt against the new worker's vocabulary: the same pairs
+        with pytest.raises(PreconditionError, match=rf"KB '{left}' was registered again with other settings after job '{waiting.job_id}'"):
+            coordinator.start_job(waiting.job_id)
+        fresh = coordinator.create_job("none", [left], {**job_settings, "rounds": 1})
+        coordinator.start_job(fresh.job_id)
+        assert coordinator.wait(fresh.job_id, TIMEOUT).state == "SUCCEEDED", fresh.error
+    finally:
+        coordinator.shutdown()

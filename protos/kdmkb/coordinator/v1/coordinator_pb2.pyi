@@ -24,7 +24,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_STOPPED: JobState
 
 class KB(_message.Message):
-    __slots__ = ("name", "data_dir", "worker_type", "settings", "resource", "num_entities", "num_relations", "num_train", "num_valid", "num_test", "busy_with_job", "metrics_address")
+    __slots__ = ("name", "data_dir", "worker_type", "settings", "resource", "num_entities", "num_relations", "num_train", "num_valid", "num_test", "busy_with_job", "metrics_address", "healthy", "unhealthy_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_DIR_FIELD_NUMBER: _ClassVar[int]
     WORKER_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,8 @@ class KB(_message.Message):
     NUM_TEST_FIELD_NUMBER: _ClassVar[int]
     BUSY_WITH_JOB_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     data_dir: str
     worker_type: str
@@ -49,21 +51,25 @@ class KB(_message.Message):
     num_test: int
     busy_with_job: str
     metrics_address: str
-    def __init__(self, name: _Optional[str] = ..., data_dir: _Optional[str] = ..., worker_type: _Optional[str] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resource: _Optional[str] = ..., num_entities: _Optional[int] = ..., num_relations: _Optional[int] = ..., num_train: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_test: _Optional[int] = ..., busy_with_job: _Optional[str] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    healthy: bool
+    unhealthy_reason: str
+    def __init__(self, name: _Optional[str] = ..., data_dir: _Optional[str] = ..., worker_type: _Optional[str] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resource: _Optional[str] = ..., num_entities: _Optional[int] = ..., num_relations: _Optional[int] = ..., num_train: _Optional[int] = ..., num_valid: _Optional[int] = ..., num_test: _Optional[int] = ..., busy_with_job: _Optional[str] = ..., metrics_address: _Optional[str] = ..., healthy: _Optional[bool] = ..., unhealthy_reason: _Optional[str] = ...) -> None: ...
 
 class RegisterKBRequest(_message.Message):
-    __slots__ = ("name", "data_dir", "worker_type", "settings", "resource")
+    __slots__ = ("name", "data_dir", "worker_type", "settings", "resource", "force")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DATA_DIR_FIELD_NUMBER: _ClassVar[int]
     WORKER_TYPE_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     data_dir: str
     worker_type: str
     settings: _struct_pb2.Struct
     resource: str
-    def __init__(self, name: _Optional[str] = ..., data_dir: _Optional[str] = ..., worker_type: _Optional[str] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resource: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., data_dir: _Optional[str] = ..., worker_type: _Optional[str] = ..., settings: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., resource: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RegisterKBResponse(_message.Message):
     __slots__ = ("kb",)
