@@ -199,8 +199,11 @@ class StructuralWorker(WorkerType):
         if candidates is None and kind != QueryKind.RELATION:
             return all_pairs_scores(self._queries(kind, queries), self.model.key(self.model.entity.weight), self.model.metric)
         if candidates is None:
-            candidates = torch.arange(self.num_relations, device=queries.device).expand(queries.shape[0], -1)
+            candidates = self._every_relation(queries)
         return self._scores_of_rows(kind, queries, candidates, self._entity_rows(*self._scored_entities(kind, queries, candidates)))
+
+    def _every_relation(self, queries: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self.num_relations, device=queries.device).expand(queries.shape[0], -1)
 
     def top_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
         """faiss top-k; for L1 and RotatE, the exact top-k of an L2 shortlist of ``RERANK_FACTOR * k``."""
@@ -231,9 +234,13 @@ class StructuralWorker(WorkerType):
         heads, relations, tails = batch.unbind(dim=1)
         size = batch.shape[0]
         negatives = torch.randint(self.num_entities, (size, settings.negatives), device=batch.device)
-        wanted = [ids for request in requests for ids in self._scored_entities(*request)]
+        # "every candidate" (None): relations listed (few); entities scored apart, as one matrix product
+        requests = [(kind, queries, self._every_relation(queries) if candidates is None and kind == QueryKind.RELATION else candidates) for kind, queries, candidates in requests]
+        listed = [request for request in requests if request[2] is not None]
+        wanted = [ids for request in listed for ids in self._scored_entities(*request)]
         head_vectors, tail_vectors, negative_vectors, *scored_rows = self._entity_rows(heads, tails, negatives, *wanted)
-        scores = [self._scores_of_rows(*request, scored_rows[2 * i : 2 * i + 2]) for i, request in enumerate(requests)]
+        listed_scores = iter(self._scores_of_rows(*request, scored_rows[2 * i : 2 * i + 2]) for i, request in enumerate(listed))
+        scores = [self.score(*request) if request[2] is None else next(listed_scores) for request in requests]
         relation_vectors = model.relation(relations)
         tail_queries = model.tail_query(head_vectors, relation_vectors)
         positive = matched_scores(tail_queries, model.key(tail_vectors), model.metric)

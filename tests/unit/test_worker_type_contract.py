@@ -159,11 +159,10 @@ def test_train_scores_equal_the_own_loss_and_separate_scores(worker):
     """A student's step may share work between its own loss and the KD scores: same values, same gradients."""
     batch = torch.from_numpy(worker.kb.train[:8])
     generator = torch.Generator().manual_seed(1)
-    requests = [
-        (kind, batch[:, list(columns)], torch.randint(_width(kind), (8, 3), generator=generator))
-        for kind, columns in ((QueryKind.TAIL, (0, 1)), (QueryKind.HEAD, (1, 2)), (QueryKind.RELATION, (0, 2)))
-    ]
-    weights = [torch.rand(8, 3, generator=generator) for _ in requests]
+    kinds = ((QueryKind.TAIL, (0, 1)), (QueryKind.HEAD, (1, 2)), (QueryKind.RELATION, (0, 2)))
+    requests = [(kind, batch[:, list(columns)], torch.randint(_width(kind), (8, 3), generator=generator)) for kind, columns in kinds]
+    requests += [(kind, batch[:, list(columns)], None) for kind, columns in kinds]  # every candidate, as a student asks for a tail bucket
+    weights = [torch.rand(8, 3 if candidates is not None else _width(kind), generator=generator) for kind, _, candidates in requests]
     state = {key: value.clone() for key, value in worker.modules().state_dict().items()}
 
     def run(shared: bool):
