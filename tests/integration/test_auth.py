@@ -181,7 +181,8 @@ def kbs(served, admin, worker_settings, job_settings) -> dict:
 
 
 @pytest.mark.parametrize("token", [None, "unknown-token-0123456789", ADMIN + "x"], ids=["none", "unknown", "longer"])
-def test_without_a_known_token_every_rpc_is_unauthenticated_and_health_stays_open(served, kbs, token):
+def test_without_a_known_token_every_rpc_is_unauthenticated_and_health_stays_open(served, kbs, token, caplog):
+    caplog.set_level("DEBUG")
     stub = _stub(served.plain, token)
     for method, request in (
         (stub.ListKBs, pb.ListKBsRequest()),
@@ -193,6 +194,7 @@ def test_without_a_known_token_every_rpc_is_unauthenticated_and_health_stays_ope
         error = _error(method, request)
         assert error.code() == UNAUTHENTICATED, error
         assert "authorization: Bearer" in error.details() and (token or "~") not in error.details()
+    assert (token or "~") not in caplog.text and ADMIN not in caplog.text
     channel = grpc.insecure_channel(served.plain)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="kdmkb.coordinator.v1.Coordinator"), timeout=TIMEOUT)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
