@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from kdmkb.services.errors import DataError
 
+# C0 control characters but the tab, and DEL: never part of a name (a NUL or an escape would become one silently).
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 
 def open_text(path: Path):
-    """Opens ``path`` as UTF-8 text, transparently un-gzipping ``*.gz``."""
+    """Opens ``path`` as UTF-8 text, transparently un-gzipping ``*.gz``; a leading byte-order mark is dropped (utf-8-sig)."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return path.open("r", encoding="utf-8-sig", newline="")
 
 
 def read_rows(
@@ -24,7 +28,7 @@ def read_rows(
     A row must have exactly ``columns`` fields; with ``extra_columns`` it may have more, which
     are dropped (vocabulary files may carry names or descriptions). With ``last_may_be_empty``
     the last field may be empty (an entity without a description). Raises :class:`DataError`
-    on a wrong column count, an empty field, a non-UTF-8 byte or an empty file.
+    on a wrong column count, an empty field, a control character, a non-UTF-8 byte or an empty file.
     """
     path = Path(path)
     if not path.is_file():
@@ -36,6 +40,9 @@ def read_rows(
                 line = line.rstrip("\r\n")
                 if not line.strip():
                     continue
+                control = CONTROL.search(line)
+                if control:
+                    raise DataError(f"{path} line {number} column {control.start() + 1}: control character {control.group()!r}")
                 fields = line.split("\t")
                 if len(fields) != columns and not (extra_columns and len(fields) > columns):
                     expected = f"at least {columns}" if extra_columns else str(columns)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,20 @@ def test_non_utf8(tmp_path):
     write(folder, "train.tsv", b"a\tr1\tb\n\xff\xfe\tr1\tc\n")
     message = load_error(folder)
     assert "train.tsv" in message and "UTF-8" in message
+
+
+@pytest.mark.parametrize("name", ["train.tsv", "train.tsv.gz"])
+def test_a_leading_byte_order_mark_is_not_part_of_a_name(tmp_path, name):
+    folder = make_kb_folder(tmp_path / "kb", train=None)
+    write(folder, name, "\ufeff" + TRAIN)
+    assert load_kb(folder).entities.names == ("a", "b", "c", "d", "e")
+
+
+@pytest.mark.parametrize(("line", "where"), [("a\x00\tr1\tb", "column 2: control character '\\x00'"), ("a\tr1\tb\x1b[0m", "column 7: control character '\\x1b'"), ("a\tr\x7f1\tb", "column 4: control character '\\x7f'")])
+def test_control_characters_are_refused_with_file_and_line(tmp_path, line, where):
+    folder = make_kb_folder(tmp_path / "kb", valid=VALID + line + "\n")
+    with pytest.raises(DataError, match=re.escape(f"valid.tsv line 2 {where}")):
+        load_kb(folder)
 
 
 def test_corrupt_gzip(tmp_path):
