@@ -105,8 +105,9 @@ class JobRunner(threading.Thread):
         self._lock = threading.Lock()
 
     # -- events ----------------------------------------------------------------------------
-    def subscribe(self) -> queue.Queue:
-        channel: queue.Queue = queue.Queue()
+    def subscribe(self, channel: queue.Queue | None = None) -> queue.Queue:
+        """A channel that receives every later event (``channel``: one a watcher opened before the job started)."""
+        channel = channel if channel is not None else queue.Queue()
         with self._lock:
             self._subscribers.append(channel)
         return channel
@@ -161,6 +162,8 @@ class JobRunner(threading.Thread):
                 if settings.checkpoint_every and job.round % settings.checkpoint_every == 0:
                     self._checkpoint(settings, strategy)
                 self._emit("round", round_seconds=seconds)
+            if job.round > job.checkpoint_round:
+                self._checkpoint(settings, strategy)  # every job leaves its final weights
             self._emit("evaluating", message="ranking the test split of every KB")
             job.test_metrics = self._evaluate("test")
             job.state = "SUCCEEDED"

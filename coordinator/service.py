@@ -54,6 +54,7 @@ class Coordinator:
         self._alignments: dict[tuple[str, str], PairAlignment] = {}
         self._jobs: dict[str, Job] = {}
         self._runners: dict[str, JobRunner] = {}
+        self._waiting: dict[str, list[queue.Queue]] = {}  # channels of watchers of jobs not started yet
         self._restore()
 
     # -- persistence -----------------------------------------------------------------------
@@ -338,6 +339,8 @@ class Coordinator:
         views = merge(job.kbs, self._job_alignments(job.kbs))
         runner = JobRunner(job, workers, views, self.store, self._export_job_states, resume, self.revive_dead)
         job.state, job.error = "RUNNING", ""
+        for channel in self._waiting.pop(job.job_id, []):
+            runner.subscribe(channel)
         self._runners[job.job_id] = runner
         runner.start()
 
@@ -354,28 +357,42 @@ class Coordinator:
         return job
 
     def watch_job(self, job_id: str, is_active=lambda: True, poll_seconds: float = 0.5) -> Iterator[JobEvent]:
-        """Yields the job's current state, then every event until the job ends or the client leaves."""
+        """Yields the job's current state, then every event until the job ends or the client leaves.
+
+        A job not started yet is watched from its start on: a client that watches before it calls
+        StartJob sees every round, however quickly the first ones run.
+        """
         job = self.job(job_id)
-        runner = self._runners.get(job_id)
-        channel = runner.subscribe() if runner else None
+        with self._lock:
+            runner = self._runners.get(job_id)
+            channel = runner.subscribe() if runner else queue.Queue()
+            if runner is None:
+                self._waiting.setdefault(job_id, []).append(channel)
         try:
             state = job.state
             yield JobEvent(job.job_id, "state", state, job.round, job.total_rounds, {k: dict(v) for k, v in job.progress.items()}, message=job.error)
             # Subscribed before that snapshot: every later event, the terminal one included, is in
             # the channel. Checking job.state here instead would end the stream between the state
             # change and its event, without the terminal event.
-            while channel is not None and state not in TERMINAL and is_active():
+            while state not in TERMINAL and is_active():
                 try:
                     event = channel.get(timeout=poll_seconds)
                 except queue.Empty:
-                    if not runner.is_alive() and channel.empty():
+                    runner = self._runners.get(job_id)
+                    if runner is None and job.state != "CREATED":
+                        return  # stopped before it started
+                    if runner is not None and not runner.is_alive() and channel.empty():
                         return  # interrupted by a shutdown: no terminal event will come
                     continue
                 yield event
                 if event.state in TERMINAL:
                     return
         finally:
-            if runner and channel:
+            with self._lock:
+                if channel in self._waiting.get(job_id, []):
+                    self._waiting[job_id].remove(channel)
+                runner = self._runners.get(job_id)
+            if runner is not None:
                 runner.unsubscribe(channel)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:

@@ -26,7 +26,7 @@ from kdmkb.kb_worker.teacher import Side, Teacher
 from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
 from kdmkb.services import metrics
 from kdmkb.services.config import DistillSettings
-from kdmkb.services.errors import DataError, NotFoundError, PreconditionError
+from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError
 
 
 class BatchSchedule:
@@ -240,19 +240,24 @@ class KBWorker:
         metrics.WORKER_HITS10.labels(self.name, self.job_id, split).set(result.hits_at_10)
         return result.as_dict()
 
-    def predict(self, head: str, relation: str, k: int = 10) -> list[dict]:
-        """Top-k tails for (head, relation) among all entities, best first."""
-        for name, vocabulary, what in ((head, self.kb.entities, "entity"), (relation, self.kb.relations, "relation")):
+    def predict(self, head: str, relation: str, k: int = 10, tail: str = "") -> list[dict]:
+        """Top-k tails for (head, relation), or given ``tail`` instead of ``head`` top-k heads for (relation, tail),
+        among all entities, best first."""
+        if bool(head) == bool(tail):
+            raise ConfigError("head, tail: give a head (to predict tails) or a tail (to predict heads), not both")
+        given = head or tail
+        for name, vocabulary, what in ((given, self.kb.entities, "entity"), (relation, self.kb.relations, "relation")):
             if name not in vocabulary.index:
                 raise NotFoundError(f"{what} {name!r} is not in KB {self.name!r}")
-        query = torch.tensor([[self.kb.entities.index[head], self.kb.relations.index[relation]]])
+        entity, relation_id = self.kb.entities.index[given], self.kb.relations.index[relation]
+        kind = QueryKind.TAIL if head else QueryKind.HEAD
+        query = torch.tensor([[entity, relation_id] if head else [relation_id, entity]])
         everything = torch.arange(len(self.kb.entities))
         with self._evaluating() as model, torch.no_grad():
-            top = model.top_candidates(QueryKind.TAIL, query, everything, k)
-            scores = model.score_sliced(QueryKind.TAIL, query, top)[0]
-        tails = top[0].tolist()
-        known = set(self.known.pairs(QueryKind.TAIL, query)[1].tolist())
-        return [{"entity": self.kb.entities.names[t], "score": float(s), "known": t in known} for t, s in zip(tails, scores.tolist())]
+            top = model.top_candidates(kind, query, everything, k)
+            scores = model.score_sliced(kind, query, top)[0]
+        known = set(self.known.pairs(kind, query)[1].tolist())
+        return [{"entity": self.kb.entities.names[e], "score": float(s), "known": e in known} for e, s in zip(top[0].tolist(), scores.tolist())]
 
     def export(self) -> dict:
         """Embeddings with their names (entity rows in vocabulary order), for worker types that have them."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import namedtuple
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -108,26 +109,41 @@ class CoordinatorClient:
         return self.stub.CreateJob(request, timeout=self.timeout).job
 
     def run(self, job_id: str, on_event: Callable[[pb.JobEvent], None] | None = None) -> pb.Job:
-        """Starts the job and follows its progress stream until it ends."""
+        """Starts the job and follows its progress stream until it ends.
+
+        The stream opens first: once its first event (where the job stands) has arrived, the
+        coordinator forwards every later one, the first rounds of a quick job included.
+        """
+        events = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        first = next(events)
         self.stub.StartJob(pb.StartJobRequest(job_id=job_id), timeout=self.timeout)
-        for event in self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
+        if first.state in TERMINAL_STATES:  # a stopped or failed job that StartJob resumes: follow it anew
+            events = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        else:
+            events = itertools.chain([first], events)
+        for event in events:
             if on_event:
                 on_event(event)
             if event.state in TERMINAL_STATES:
                 break
         return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout).job
 
-    def export(self, kb: str, path: Path) -> dict[str, int]:
-        """Writes the KB's embeddings and names to an ``.npz`` file; returns the row counts."""
+    def embeddings(self, kb: str) -> dict[str, tuple[list[str], np.ndarray]]:
+        """The KB's embeddings by kind ("entity", "relation"): names and float32 vectors, row for row."""
         parts: dict[str, tuple[list, list]] = {}
         for chunk in self.stub.ExportEmbeddings(pb.ExportEmbeddingsRequest(kb=kb), timeout=self.timeout):
             names, vectors = parts.setdefault(chunk.kind, ([], []))
             names.extend(chunk.names)
             vectors.append(np.frombuffer(chunk.vectors, dtype="<f4").reshape(len(chunk.names), chunk.dim))
+        return {kind: (names, np.concatenate(vectors)) for kind, (names, vectors) in parts.items()}
+
+    def export(self, kb: str, path: Path) -> dict[str, int]:
+        """Writes the KB's embeddings and names to an ``.npz`` file; returns the row counts."""
+        parts = self.embeddings(kb)
         arrays = {}
         for kind, (names, vectors) in parts.items():
             arrays[f"{kind}_names"] = np.asarray(names)
-            arrays[f"{kind}_vectors"] = np.concatenate(vectors)
+            arrays[f"{kind}_vectors"] = vectors
         np.savez(path, **arrays)
         return {kind: len(names) for kind, (names, _) in parts.items()}
 

@@ -98,6 +98,8 @@ class WorkerType(abc.ABC):
     # scores build [queries, candidates, dim] intermediates, and FB15k-237's relation queries of
     # one round (25,600 x 237 x 200 floats) took 15 GB at once.
     slice_pairs: ClassVar[int] = 1 << 16
+    # What the columns of the exported vectors hold, per kind; saved beside them (types with embeddings).
+    embedding_layout: ClassVar[dict[str, str]] = {"entity": "[dim] real", "relation": "[dim] real"}
 
     def __init__(self, kb: KnowledgeBase, settings: WorkerSettings) -> None:
         self.kb = kb

@@ -79,6 +79,10 @@ class FeatureComplExWorker(WorkerType):
     """ComplEx over a projection of one modality's features, trained 1vsAll with reciprocals (see the module docstring)."""
 
     settings_model = FeatureComplExSettings
+    embedding_layout = {
+        "entity": "[real | imaginary], rank each (the projected features)",
+        "relation": "[r | r^-1]: the relation's vector, then its inverse's, each [real | imaginary] of rank each",
+    }
 
     @classmethod
     def check_kb(cls, kb: KnowledgeBase, settings: FeatureComplExSettings) -> None:

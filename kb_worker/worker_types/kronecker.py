@@ -189,6 +189,7 @@ class ReciprocalWorker(WorkerType):
 
     settings_model: ClassVar[type[ReciprocalSettings]] = ReciprocalSettings
     model_class: ClassVar[type[ReciprocalModel]]
+    embedding_layout = {"entity": "[entity size] real", "relation": "[r | r^-1]: the relation's vector, then its inverse's"}
 
     def __init__(self, kb: KnowledgeBase, settings: ReciprocalSettings) -> None:
         super().__init__(kb, settings)

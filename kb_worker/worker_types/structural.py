@@ -48,6 +48,7 @@ class StructuralModel(nn.Module):
     default_margin: ClassVar[float]
     entity_width: ClassVar[int] = 1  # real numbers per dimension
     relation_width: ClassVar[int] = 1
+    embedding_layout: ClassVar[dict[str, str]] = WorkerType.embedding_layout
 
     def __init__(self, num_entities: int, num_relations: int, settings: StructuralSettings) -> None:
         super().__init__()
@@ -109,6 +110,7 @@ class ComplExModel(StructuralModel):
     default_margin = 0.0
     entity_width = 2
     relation_width = 2
+    embedding_layout = {"entity": "[real | imaginary], dim each", "relation": "[real | imaginary], dim each"}
 
     def tail_query(self, head, relation):
         return complex_product(head, relation)
@@ -123,6 +125,7 @@ class RotatEModel(StructuralModel):
     metric = "complex_l1"
     default_margin = 9.0
     entity_width = 2
+    embedding_layout = {"entity": "[real | imaginary], dim each", "relation": "[dim] phases in radians (r = exp(i phase))"}
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -272,7 +275,7 @@ class StructuralWorker(WorkerType):
 
 
 def _structural(name: str, model: type[StructuralModel]) -> type[StructuralWorker]:
-    worker = type(f"{model.__name__.removesuffix('Model')}Worker", (StructuralWorker,), {"model_class": model, "__doc__": model.__doc__})
+    worker = type(f"{model.__name__.removesuffix('Model')}Worker", (StructuralWorker,), {"model_class": model, "__doc__": model.__doc__, "embedding_layout": model.embedding_layout})
     return WORKER_TYPES.register(name)(worker)
 
 
