@@ -1,4 +1,8 @@
-"""The ``kdmkb`` command line: demo, split, run, serve, status, predict, export, cluster up/down."""
+"""The ``kdmkb`` command line: demo, split, run, serve, status, predict, export, cluster up/down.
+
+``run`` and ``demo`` go through the Python API (:mod:`kdmkb.services.api`), so that what they leave
+in ``--out`` is what ``Result.save`` writes.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,13 @@ import json
 import logging
 import os
 import signal
-import sys
-import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import grpc
 import typer
-from tqdm import tqdm
 
 from kdmkb.services.errors import KdmkbError
 
@@ -26,6 +28,10 @@ CoordinatorOption = Annotated[
 ]
 RemoteCoordinatorOption = Annotated[str, typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator.")]
 ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Write the results as JSON to this file.")]
+OutOption = Annotated[
+    Optional[Path],
+    typer.Option("--out", help="Write everything the run leaves here (absent or empty folder): job file, report, history, plots, checkpoints, embeddings."),
+]
 TokenOption = Annotated[
     Optional[str], typer.Option("--token", envvar="KDMKB_TOKEN", show_default=False, help="The coordinator's access token (sent as 'authorization: Bearer <token>').")
 ]
@@ -54,46 +60,6 @@ def guarded(function):
     return wrapper
 
 
-def _kb_progress(progress) -> str:
-    """A KB's loss (and KD loss) and its training rate: sequences/s for text encoders, triples/s otherwise."""
-    text = f"{progress.loss:.3f}" + (f"/kd {progress.kd_loss:.3f}" if progress.kd_loss else "")
-    if progress.train_seconds > 0:
-        count, unit = (progress.train_sequences, "seq") if progress.train_sequences else (progress.train_triples, "triples")
-        text += f" {count / progress.train_seconds:,.1f} {unit}/s"
-    return text
-
-
-def _progress_printer(total: int, label: str, done: int = 0):
-    bar = tqdm(total=total, initial=done, desc=label, unit="round", dynamic_ncols=True, file=sys.stderr)
-
-    def on_event(event) -> None:
-        bar.update(event.round - bar.n)
-        if event.progress:
-            bar.set_postfix({kb: _kb_progress(p) for kb, p in sorted(event.progress.items())}, refresh=False)
-        if event.kind == "evaluating":
-            bar.set_description(f"{label} (evaluating)")
-        if event.kind == "failed":
-            bar.write(f"job failed: {event.message}")
-
-    return bar, on_event
-
-
-def _run_job(client, job_file, strategy: str | None, label: str, resume_unfinished: bool = False):
-    from kdmkb.services.client import job_report, state_name
-
-    job = client.submit(job_file, strategy, resume_unfinished)
-    if job.round:
-        typer.echo(f"resuming job {job.job_id} ({state_name(job.state)}, round {job.round}/{job.total_rounds}) from its last checkpoint", err=True)
-    bar, on_event = _progress_printer(job.total_rounds, label, job.round)
-    try:
-        job = client.run(job.job_id, on_event)
-    finally:
-        bar.close()
-    if state_name(job.state) != "SUCCEEDED":
-        fail(f"job {job.job_id} {state_name(job.state)}: {job.error}")
-    return job_report(job)
-
-
 def _print_table(reports: list[dict]) -> None:
     kbs = sorted({kb for report in reports for kb in report["kbs"]})
     header = f"{'KB':<12}{'strategy':<14}{'MRR':>8}{'MR':>9}{'H@1':>8}{'H@3':>8}{'H@10':>8}"
@@ -111,6 +77,17 @@ def _write_report(path: Path | None, report: dict) -> None:
     if path:
         path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         typer.echo(f"report written to {path}")
+
+
+def _report(result) -> dict:
+    """A result's report, with its baseline's where one ran."""
+    return {**result.report, **({"baseline": result.baseline.report} if result.baseline else {})}
+
+
+def _print_written(out: Path | None) -> None:
+    if out:
+        files = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
+        typer.echo(f"written to {out}: {', '.join(files)}")
 
 
 def _connect(coordinator: str, token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None):
@@ -154,6 +131,8 @@ def run(
     coordinator: CoordinatorOption = None,
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override the job file's strategy.")] = None,
     report: ReportOption = None,
+    out: OutOption = None,
+    baseline: Annotated[bool, typer.Option("--baseline", help="First train the same KBs alone (strategy none), for comparison in the table and plots.")] = False,
     data_dir: Annotated[
         Optional[Path],
         typer.Option(
@@ -168,24 +147,20 @@ def run(
     tls_key: TLSKeyOption = None,
 ) -> None:
     """Run a job file on an embedded coordinator (default) or a running one."""
-    from kdmkb.services.client import embedded_coordinator
-    from kdmkb.services.config import load_job_file
+    from kdmkb.services.api import run as run_job
 
     _quiet_logs()
-    job_file = load_job_file(config)
-    if coordinator:
-        if data_dir:
-            fail("--data-dir: a running coordinator keeps its own data (kdmkb serve --data-dir); give one or the other")
-        client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
-        result = _run_job(client, job_file, strategy, strategy or job_file.strategy)
-        client.close()
-    else:
-        # The embedded coordinator reads exactly the job file's KB folders and alignment files.
-        roots = [kb.data for kb in job_file.kb] + [path.parent for a in job_file.alignment for path in (a.entities, a.relations) if path]
-        with embedded_coordinator(str(data_dir) if data_dir else None, data_roots=roots) as client:
-            result = _run_job(client, job_file, strategy, strategy or job_file.strategy, resume_unfinished=data_dir is not None)
-    _print_table([result])
-    _write_report(report, result)
+    if coordinator and data_dir:
+        fail("--data-dir: a running coordinator keeps its own data (kdmkb serve --data-dir); give one or the other")
+    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key) if coordinator else None
+    try:
+        result = run_job(config, coordinator=client, strategy=strategy, baseline=baseline, data_dir=data_dir, out=out)
+    finally:
+        if client:
+            client.close()
+    _print_table([*([result.baseline.report] if result.baseline else []), result.report])
+    _write_report(report, _report(result))
+    _print_written(out)
 
 
 @app.command()
@@ -196,26 +171,30 @@ def demo(
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds per job (default: the demo's tuned budget).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     report: ReportOption = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Folder for the split KBs (kbs/) and everything the run leaves (run/); default: kdmkb-demo-DATASET-TIME.")
+    ] = None,
 ) -> None:
     """Split a packaged dataset into KBs and compare training alone with cooperative distillation."""
-    from kdmkb.services.client import embedded_coordinator
+    from kdmkb.services.api import run as run_job
+    from kdmkb.services.api import split as split_kbs
     from kdmkb.services.datasets import dataset_dir
     from kdmkb.services.demo import demo_job_file
-    from kdmkb.services.split import split_dataset
+    from kdmkb.services.split import check_out_dir
 
     _quiet_logs()
-    with tempfile.TemporaryDirectory(prefix="kdmkb-demo-") as work:
-        summary = split_dataset(dataset_dir(dataset), Path(work) / "kbs", kbs=kbs, seed=seed)
-        job_file = demo_job_file(summary, seed=seed, rounds=rounds)
-        typer.echo(f"{dataset} split into {kbs} KBs ({', '.join(f'{n}: {c}' for n, c in summary.train_counts.items())} train triples)")
-        with embedded_coordinator(data_roots=[Path(work)]) as client:
-            results = [_run_job(client, job_file, name, name) for name in ("none", "cooperative")]
-    _print_table(results)
-    baseline, cooperative = results
+    out = out or Path(f"kdmkb-demo-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_out_dir(out)
+    kbs_split = split_kbs(dataset_dir(dataset), kbs=kbs, seed=seed, out=out / "kbs")
+    typer.echo(f"{dataset} split into {kbs} KBs ({', '.join(f'{n}: {c}' for n, c in kbs_split.summary.train_counts.items())} train triples)")
+    result = run_job(demo_job_file(kbs_split.summary, seed=seed, rounds=rounds), baseline=True, out=out / "run")
+    baseline, cooperative = result.baseline.report, result.report
+    _print_table([baseline, cooperative])
     for kb, metrics in cooperative["kbs"].items():
         before = baseline["kbs"][kb]["mrr"]
         typer.echo(f"{kb}: MRR {before:.4f} -> {metrics['mrr']:.4f} ({(metrics['mrr'] - before) / before:+.1%})")
     _write_report(report, {**cooperative, "dataset": dataset, "baseline": baseline})
+    _print_written(out / "run")
 
 
 @app.command()

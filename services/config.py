@@ -55,7 +55,7 @@ class JobSettings(DistillSettings):
     steps_per_round: int = Field(20, gt=0, description="Training steps of every KB per round; soft labels are exchanged once per round for all its steps.")
     seed: int = Field(0, description="Seed of model initialisation, batch order and negative sampling.")
     eval_every: int = Field(0, ge=0, description="Evaluate on the valid split every N rounds (0: only at the end).")
-    checkpoint_every: int = Field(10, ge=0, description="Checkpoint every worker every N rounds so a restarted coordinator resumes (0: never).")
+    checkpoint_every: int = Field(10, ge=0, description="Checkpoint every worker every N rounds so a restarted coordinator resumes (0: only at the end, where every job checkpoints).")
     keep_checkpoints: int = Field(3, ge=1, le=100, description="Checkpoints kept per KB; a damaged latest one falls back to the one before.")
 
     def distill(self) -> DistillSettings:
@@ -116,6 +116,18 @@ class JobFile(Strict):
             entry.settings = validate(worker_type.settings_model, entry.settings, prefix=f"kb[{index}].settings").model_dump(exclude_unset=True)
         return self
 
+    def filled(self) -> dict:
+        """The job file as it runs, every default written out (strategy, job and each worker type's settings), as plain
+        TOML-ready values. TOML has no null: a setting left to its owner's own default (None) stays out."""
+        from kdmkb.coordinator.strategies import validate_strategy_settings
+        from kdmkb.kb_worker.worker_types import WORKER_TYPES
+
+        raw = self.model_dump(mode="json")
+        raw["strategy_settings"] = validate_strategy_settings(self.strategy, self.strategy_settings).model_dump(mode="json")
+        for entry in raw["kb"]:
+            entry["settings"] = WORKER_TYPES.get(entry["worker_type"]).validate_settings(entry["settings"]).model_dump(mode="json")
+        return _without_none(raw)
+
     @field_validator("kb")
     @classmethod
     def _unique_names(cls, entries: list[KBEntry]) -> list[KBEntry]:
@@ -124,6 +136,14 @@ class JobFile(Strict):
         if duplicates:
             raise ValueError(f"duplicate KB names: {', '.join(duplicates)}")
         return entries
+
+
+def _without_none(value):
+    if isinstance(value, dict):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_none(item) for item in value if item is not None]
+    return value
 
 
 def describe_validation_error(error: ValidationError, prefix: str = "") -> str:
@@ -156,8 +176,13 @@ def load_job_file(path: Path | str) -> JobFile:
         raise ConfigError(f"{path}: job file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    return job_file_from_dict(raw, path.parent)
+
+
+def job_file_from_dict(raw: dict, base: Path | str = ".") -> JobFile:
+    """A job file's content as a :class:`JobFile`; relative paths in it are resolved against ``base``."""
     job = validate(JobFile, raw, prefix="")
-    base = path.parent
+    base = Path(base)
     for entry in job.kb:
         entry.data = (base / entry.data).resolve()
     for alignment in job.alignment:

@@ -23,3 +23,7 @@ class PreconditionError(KdmkbError, RuntimeError):
 
 class UnavailableError(KdmkbError, RuntimeError):
     """A KB's worker process is gone (killed, out of memory); a retry after its restart may succeed."""
+
+
+class JobFailedError(KdmkbError):
+    """A job ended without succeeding (FAILED or STOPPED); the message names the job and its error."""
