@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from typer.testing import CliRunner
 
 from kdmkb.coordinator.auth import Tokens
@@ -198,6 +199,8 @@ def test_without_a_known_token_every_rpc_is_unauthenticated_and_health_stays_ope
     channel = grpc.insecure_channel(served.plain)
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="kdmkb.coordinator.v1.Coordinator"), timeout=TIMEOUT)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+    answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT)
+    assert "kdmkb.coordinator.v1.Coordinator" in {service.name for answer in answers for service in answer.list_services_response.service}
     channel.close()
 
 
