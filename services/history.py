@@ -24,7 +24,7 @@ CSV_COLUMNS = ("round", "kb", "round_seconds", "loss", "kd_loss", "steps", *COUN
 
 @dataclass(frozen=True)
 class KBRound:
-    """One KB in one round: its last step's losses, its step count so far, what the round exchanged and trained."""
+    """One KB in one round: its mean losses over the round's steps, its step count so far, what the round exchanged and trained."""
 
     loss: float
     kd_loss: float

@@ -15,7 +15,7 @@ from kdmkb.services.history import Round
 KINDS = ("entity", "relation")
 # name -> (y-axis label, what of a KB's round it plots)
 PLOTS = {
-    "loss": ("training loss (last step of the round)", lambda record: record.loss),
+    "loss": ("training loss (mean over the round's steps)", lambda record: record.loss),
     "valid_mrr": ("validation MRR (filtered)", lambda record: record.valid["mrr"] if record.valid else None),
 }
 
