@@ -352,9 +352,9 @@ def _run_one(client: CoordinatorClient, job_file: JobFile, strategy: str | None,
 
     def on_event(event) -> None:
         recorder.observe(event)
-        bar.update(event.round - bar.n)
         if event.progress:
             bar.set_postfix({kb: progress_text(p) for kb, p in sorted(event.progress.items())}, refresh=False)
+        bar.update(event.round - bar.n)
         if event.kind == "evaluating":
             bar.set_description(f"{job_file.strategy} (evaluating)")
 

@@ -86,8 +86,7 @@ def _report(result) -> dict:
 
 def _print_written(out: Path | None) -> None:
     if out:
-        files = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
-        typer.echo(f"written to {out}: {', '.join(files)}")
+        typer.echo(f"written to {out}: {', '.join(sorted(path.name + ('/' if path.is_dir() else '') for path in out.iterdir()))}")
 
 
 def _connect(coordinator: str, token: str | None, tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None):

@@ -180,7 +180,7 @@ def test_kdmkb_run_out_leaves_the_same_files(example, tmp_path):
     result = CliRunner().invoke(app, ["run", str(job), "--out", str(out)])
     assert result.exit_code == 0, result.output
     check_run_folder(out, 1, ("kb1", "kb2"))
-    assert f"written to {out}: checkpoints/kb1/round-000001.pt" in result.stdout
+    assert f"written to {out}: checkpoints/, embeddings/, history.csv, history.jsonl, job.toml, loss.png, report.json, valid_mrr.png" in result.stdout
 
 
 def test_a_run_on_a_running_coordinator(grpc_address, tmp_path):
