@@ -13,7 +13,7 @@ from kdmkb.coordinator.auth import SERVICE_NAME, AuthInterceptor, Tokens
 from kdmkb.coordinator.service import Coordinator
 from kdmkb.coordinator.servicer import CoordinatorServicer
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
-from kdmkb.services.errors import ConfigError
+from kdmkb.services.errors import ConfigError, PreconditionError
 from kdmkb.services.tls import ServerTLS
 
 
@@ -36,23 +36,33 @@ def check_exposure(address: str, tls: ServerTLS | None, tokens: Tokens | None, i
     raise ConfigError(f"address: {address} is not a loopback address; serving it without {missing} needs --insecure")
 
 
-def start_server(
-    coordinator: Coordinator, address: str = "127.0.0.1:0", max_workers: int = 16, tokens: Tokens | None = None, tls: ServerTLS | None = None
-) -> tuple[grpc.Server, int]:
+def start_server(coordinator: Coordinator, address: str = "127.0.0.1:0", tokens: Tokens | None = None, tls: ServerTLS | None = None) -> tuple[grpc.Server, int]:
     """Starts serving on ``address`` (port 0 picks a free port); returns the server and its port.
 
     With ``tokens`` every Coordinator call needs a token (coordinator/auth.py); with ``tls`` the
-    port speaks TLS only.
+    port speaks TLS only. Every open WatchJob stream holds a thread; the coordinator's limits cap
+    them (``max_streams``) below the pool's size, so ``unary_threads`` threads always answer the
+    other calls. The port is never shared (no SO_REUSEPORT): a second server on it fails to start.
     """
+    limits = coordinator.limits
     interceptors = [AuthInterceptor(tokens, coordinator)] if tokens else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+    ]
+    pool = futures.ThreadPoolExecutor(max_workers=limits.max_streams + limits.unary_threads, thread_name_prefix="grpc")
+    server = grpc.server(pool, interceptors=interceptors, options=options)
     pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(coordinator), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
+    except RuntimeError:  # grpc >= 1.55 raises where older versions returned 0
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind the coordinator to {address}")
+        raise PreconditionError(f"address: cannot listen on {address}: the port is in use (another server?) or the host is not an address of this machine")
     server.start()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

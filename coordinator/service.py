@@ -20,7 +20,8 @@ from kdmkb.kb_worker.worker_types import WORKER_TYPES
 from kdmkb.services import metrics
 from kdmkb.services.config import KB_NAME_PATTERN, JobSettings, validate
 from kdmkb.services.data_roots import DataRoots
-from kdmkb.services.errors import ConfigError, DataError, KdmkbError, NotFoundError, PreconditionError, UnavailableError
+from kdmkb.services.errors import ConfigError, DataError, KdmkbError, LimitError, NotFoundError, PreconditionError, UnavailableError
+from kdmkb.services.limits import Limits
 from kdmkb.services.ray_runtime import ensure_ray, unwrap
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,11 @@ def _require(value, field: str) -> None:
 class Coordinator:
     """Registers KBs and alignments, runs jobs, and serves evaluation, prediction and export."""
 
-    def __init__(self, data_dir: str | Path | None = None, ray_address: str | None = None, data_roots: DataRoots | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path | None = None, ray_address: str | None = None, data_roots: DataRoots | None = None, limits: Limits | None = None
+    ) -> None:
         ensure_ray(ray_address)
+        self.limits = limits or Limits()
         self.data_roots = data_roots or DataRoots(None)
         self.store = Store(data_dir)
         self._lock = threading.RLock()
@@ -110,6 +114,7 @@ class Coordinator:
         except ConfigError as error:
             raise ConfigError(f"worker_type: {error}") from None
         typed = validate(worker_class.settings_model, settings or {}, prefix="settings")
+        self.limits.check_settings(typed.model_dump())
         spec = {"name": name, "data_dir": str(self.data_roots.resolve(data_dir, "data_dir")), "worker_type": worker_type, "settings": typed.model_dump(exclude_unset=True), "resource": resource}
         with self._lock:
             existing = self._kbs.get(name)
@@ -118,6 +123,8 @@ class Coordinator:
                 return self._describe_kb(name)
             if existing and self._busy(name):
                 raise PreconditionError(f"KB {name!r} is in running job {self._busy(name)!r}; stop it before re-registering")
+            if not existing and len(self._kbs) >= self.limits.max_kbs:
+                raise LimitError(f"name: {len(self._kbs)} KBs are registered, the server's limit max_kbs; cannot register {name!r}")
             if existing and not force and self._dependents(name):
                 raise PreconditionError(
                     f"KB {name!r} has {self._dependents(name)}; re-registering it with other settings needs force "
@@ -166,7 +173,7 @@ class Coordinator:
         worker_class = WORKER_TYPES.get(spec["worker_type"])
         typed = worker_class.settings_model.model_validate(spec["settings"])
         options = worker_class.actor_options(typed, ray.cluster_resources().get("GPU", 0.0))
-        handle = spawn_worker(spec["name"], spec["data_dir"], spec["worker_type"], typed, spec["resource"], options)
+        handle = spawn_worker(spec["name"], spec["data_dir"], spec["worker_type"], typed, spec["resource"], options, self.limits)
         try:
             info = self._call(handle.open.remote(self.data_roots.names()), spec["name"])
             endpoint = self._call(handle.start_metrics.remote(), spec["name"])

@@ -14,7 +14,8 @@ from kdmkb.coordinator.service import Coordinator
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from kdmkb.services import metrics
-from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError, UnavailableError
+from kdmkb.services.errors import ConfigError, DataError, LimitError, NotFoundError, PreconditionError, UnavailableError
+from kdmkb.services.limits import StreamSlots
 from kdmkb.services.wire import from_struct, to_struct
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ STATUS = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (LimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 
@@ -144,6 +146,7 @@ def rpc(method):
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
+        self.streams = StreamSlots(coordinator.limits.max_streams)  # WatchJob streams hold a server thread each
 
     @rpc
     def RegisterKB(self, request, context):
@@ -180,8 +183,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @rpc
     def WatchJob(self, request, context):
-        for event in self.coordinator.watch_job(request.job_id, is_active=context.is_active):
-            yield event_message(event)
+        with self.streams.open("WatchJob"):
+            for event in self.coordinator.watch_job(request.job_id, is_active=context.is_active):
+                yield event_message(event)
 
     @rpc
     def StopJob(self, request, context):

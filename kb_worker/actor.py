@@ -11,6 +11,7 @@ import ray
 from kdmkb.kb_worker.worker import KBWorker
 from kdmkb.kb_worker.worker_types import WorkerSettings
 from kdmkb.services.data_roots import DataRoots
+from kdmkb.services.limits import Limits
 from kdmkb.services.metrics import advertised_host, serve_metrics
 
 
@@ -47,7 +48,14 @@ class KBWorkerActor(KBWorker):
 
 
 def spawn_worker(
-    name: str, data_dir: str, worker_type: str, settings: WorkerSettings, resource: str = "", type_options: dict | None = None, namespace_prefix: str = "kdmkb"
+    name: str,
+    data_dir: str,
+    worker_type: str,
+    settings: WorkerSettings,
+    resource: str = "",
+    type_options: dict | None = None,
+    limits: Limits | None = None,
+    namespace_prefix: str = "kdmkb",
 ) -> "ray.actor.ActorHandle":
     """Starts the KB's actor; it asks for no CPU so that several KBs can share a small node.
 
@@ -59,4 +67,4 @@ def spawn_worker(
     options: dict = {"num_cpus": 0, "name": f"{namespace_prefix}-kb-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}", "max_concurrency": 1, **(type_options or {})}
     if resource:
         options["resources"] = {resource: 0.001}
-    return ray.remote(concurrency_groups={"health": 1})(KBWorkerActor).options(**options).remote(name, data_dir, worker_type, settings)
+    return ray.remote(concurrency_groups={"health": 1})(KBWorkerActor).options(**options).remote(name, data_dir, worker_type, settings, limits)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from kdmkb.services.errors import DataError
+from kdmkb.services.limits import Limits
 from kdmkb.services.tsv import find_file, read_rows
 
 SPLITS = ("train", "valid", "test")
@@ -240,19 +241,28 @@ def _read_matrix(path: Path, modality: str, entities: Vocabulary, entity_file: P
     return Features(values, present)
 
 
-def load_kb(folder: Path | str) -> KnowledgeBase:
+def load_kb(folder: Path | str, limits: Limits | None = None) -> KnowledgeBase:
     """Loads a KB folder; raises :class:`DataError` naming file, line and problem.
 
     An optional ``known.tsv`` lists more true triples that only filter rankings. With
     ``entities.tsv`` / ``relations.tsv`` present, every id in the triples must be listed there. Without them, the vocabulary is every id seen in train, valid and test, in order of
     first appearance. Optional ``entity_text.tsv``, ``relation_text.tsv`` and ``features/*.npy``
-    are checked against that vocabulary and placed by local id (``docs/data.md``).
+    are checked against that vocabulary and placed by local id (``docs/data.md``). ``limits``
+    (a server's) bound each triple file's bytes and triples.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: KB folder not found")
+    limits = limits or Limits()
+
+    def read_limited(path: Path) -> list[tuple[int, list[str]]]:
+        limits.check_file(path, size=path.stat().st_size)
+        rows = read_triples(path)
+        limits.check_file(path, triples=len(rows))
+        return rows
+
     paths = {split: find_file(folder, split) for split in SPLITS}
-    rows = {split: read_triples(path) for split, path in paths.items()}
+    rows = {split: read_limited(path) for split, path in paths.items()}
     entity_file = find_file(folder, "entities", required=False)
     relation_file = find_file(folder, "relations", required=False)
     entities = read_vocabulary(entity_file, "entity") if entity_file else None
@@ -270,7 +280,7 @@ def load_kb(folder: Path | str) -> KnowledgeBase:
     arrays = {split: _to_ids(paths[split], rows[split], entities, relations) for split in SPLITS}
     known_file = find_file(folder, "known", required=False)
     if known_file:
-        arrays["filter_only"] = _to_ids(known_file, read_triples(known_file), entities, relations)
+        arrays["filter_only"] = _to_ids(known_file, read_limited(known_file), entities, relations)
     return KnowledgeBase(
         entities,
         relations,

@@ -27,6 +27,7 @@ from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerSettings
 from kdmkb.services import metrics
 from kdmkb.services.config import DistillSettings
 from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError
+from kdmkb.services.limits import Limits
 
 
 class BatchSchedule:
@@ -78,13 +79,13 @@ class BatchSchedule:
 class KBWorker:
     """Owns one KB's triples, model, optimiser and faiss index; only soft labels and queries over aligned ids leave it."""
 
-    def __init__(self, name: str, data_dir: str | Path, worker_type: str, settings: WorkerSettings | dict | None = None) -> None:
+    def __init__(self, name: str, data_dir: str | Path, worker_type: str, settings: WorkerSettings | dict | None = None, limits: Limits | None = None) -> None:
         self.name = name
         self.worker_type = worker_type
         self.type_class = WORKER_TYPES.get(worker_type)
         self.settings = settings if type(settings) is self.type_class.settings_model else self.type_class.validate_settings(settings or {})
         self.type_class.prepare_process(self.settings)
-        self.kb: KnowledgeBase = load_kb(data_dir)
+        self.kb: KnowledgeBase = load_kb(data_dir, limits)
         self.type_class.check_kb(self.kb, self.settings)
         self.known = KnownAnswers(self.kb.known_triples(), len(self.kb.entities), len(self.kb.relations))
         self._train = torch.from_numpy(self.kb.train)

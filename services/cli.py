@@ -214,16 +214,22 @@ def serve(
         typer.Option("--data-root", help="A directory KB folders and alignment files may be read from (repeatable; relative paths resolve against the first). Default: the current directory."),
     ] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without TLS and tokens (a private network only).")] = False,
+    limit: Annotated[
+        Optional[list[str]],
+        typer.Option("--limit", help="A server limit as NAME=VALUE (repeatable): max_kbs, max_file_bytes, max_triples, max_dim, max_batch_size, max_threads, max_message_bytes, max_streams, unary_threads; see deploy/README.md."),
+    ] = None,
 ) -> None:
     """Run the coordinator until interrupted."""
     from kdmkb.coordinator.auth import Tokens
     from kdmkb.coordinator.server import check_exposure, start_server
     from kdmkb.coordinator.service import Coordinator
     from kdmkb.services.data_roots import DataRoots
+    from kdmkb.services.limits import Limits
     from kdmkb.services.metrics import serve_metrics
     from kdmkb.services.tls import ServerTLS
 
     # Every refusal comes before Ray starts or a port is bound.
+    limits = Limits.parse(limit or [])
     access = Tokens.load(tokens) if tokens else None
     tls = ServerTLS.from_files(tls_cert, tls_key, tls_client_ca) if (tls_cert or tls_key or tls_client_ca) else None
     check_exposure(address, tls, access, insecure)
@@ -232,7 +238,7 @@ def serve(
         if not root.is_dir():
             fail(f"--data-root: {root} is not a directory")
     logging.basicConfig(level=os.environ.get("KDMKB_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    coordinator = Coordinator(data_dir, ray_address, data_roots=DataRoots(roots))
+    coordinator = Coordinator(data_dir, ray_address, data_roots=DataRoots(roots), limits=limits)
     server, port = start_server(coordinator, address, tokens=access, tls=tls)
     scrape = serve_metrics(metrics_port)
     typer.echo(f"data roots: {', '.join(coordinator.data_roots.names())}", err=True)

@@ -25,5 +25,9 @@ class UnavailableError(KdmkbError, RuntimeError):
     """A KB's worker process is gone (killed, out of memory); a retry after its restart may succeed."""
 
 
+class LimitError(KdmkbError, RuntimeError):
+    """The server is at one of its capacity limits (services/limits.py); the message names it."""
+
+
 class JobFailedError(KdmkbError):
     """A job ended without succeeding (FAILED or STOPPED); the message names the job and its error."""

@@ -128,8 +128,9 @@ CASES = [
     ),
     ("kb-bad-norm", "RegisterKB", lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.left_dir), settings=struct({"norm": 3})), INVALID, ["settings.norm"]),
     # re-registering an existing KB badly leaves the registered one in place
-    ("kb-existing-missing-folder", "RegisterKB", lambda s: pb.RegisterKBRequest(name=s.left, data_dir=str(s.bad / "missing")), INVALID, ["data_dir", "not found"]),
-    ("kb-existing-malformed", "RegisterKB", lambda s: pb.RegisterKBRequest(name=s.left, data_dir=str(s.bad / "malformed")), INVALID, ["train.tsv line 2"]),
+    # (forced: without force, re-registering a KB that has an alignment is refused before its folder is read)
+    ("kb-existing-missing-folder", "RegisterKB", lambda s: pb.RegisterKBRequest(name=s.left, data_dir=str(s.bad / "missing"), force=True), INVALID, ["data_dir", "not found"]),
+    ("kb-existing-malformed", "RegisterKB", lambda s: pb.RegisterKBRequest(name=s.left, data_dir=str(s.bad / "malformed"), force=True), INVALID, ["train.tsv line 2"]),
     ("kb-existing-bad-settings", "RegisterKB", lambda s: pb.RegisterKBRequest(name=s.left, data_dir=str(s.left_dir), settings=struct({"dim": 0})), INVALID, ["settings.dim"]),
     # -- RegisterAlignment ---------------------------------------------------------------------
     ("align-self", "RegisterAlignment", lambda s: pb.RegisterAlignmentRequest(kb_a=s.left, kb_b=s.left), INVALID, ["kb_b", "'left'", "twice"]),

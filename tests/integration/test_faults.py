@@ -273,3 +273,73 @@ def test_re_registering_a_kb_with_other_settings_needs_force(ray_session, nation
         assert coordinator.wait(fresh.job_id, TIMEOUT).state == "SUCCEEDED", fresh.error
     finally:
         coordinator.shutdown()
+
+
+def test_a_second_server_on_a_busy_port_is_refused(coordinator, grpc_address, tmp_path):
+    with pytest.raises(PreconditionError, match=f"address: cannot listen on {grpc_address}: the port is in use"):
+        start_server(coordinator, grpc_address)
+    served = subprocess.run(
+        [sys.executable, "-m", "kdmkb", "serve", "--address", grpc_address, "--metrics-port", "0", "--data-dir", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KDMKB_LOG_LEVEL": "WARNING"},
+    )
+    assert served.returncode == 2, served.stderr
+    assert f"cannot listen on {grpc_address}" in served.stderr and "Traceback" not in served.stderr, served.stderr
+
+
+def test_streams_never_starve_the_server(ray_session, nations_split, kb_names, worker_settings, job_settings):
+    """200 open WatchJob streams while a job trains: health, GetJob and Predict still answer within a second; one more stream is refused, naming the limit."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from kdmkb.services.limits import Limits
+
+    streams = 200
+    coordinator = Coordinator(limits=Limits(max_streams=streams))
+    server, port = start_server(coordinator, "127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.CoordinatorStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    opened = []
+    try:
+        name = kb_names[0]
+        coordinator.register_kb(name, str(nations_split.out_dir / name), "transe", worker_settings)
+        job = coordinator.create_job("none", [name], {**job_settings, "rounds": 100_000, "steps_per_round": 20, "eval_every": 0})
+        coordinator.start_job(job.job_id)
+        predict = pb.PredictRequest(kb=name, head="usa", relation="treaties", k=3)
+        stub.Predict(predict, timeout=TIMEOUT)  # the first one waits for the job's first round (the worker's warm-up)
+        for _ in range(streams):
+            opened.append(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
+            next(opened[-1])  # the server has given it a thread
+        for call in (
+            lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=1),
+            lambda: stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=1),
+            lambda: stub.Predict(predict, timeout=1),  # waits for the round in progress, then answers
+        ):
+            started = time.perf_counter()
+            call()
+            assert time.perf_counter() - started < 1.0
+        assert coordinator.job(job.job_id).state == "RUNNING"
+        with pytest.raises(grpc.RpcError) as raised:
+            next(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams" in raised.value.details(), raised.value
+        for stream in opened[:10]:
+            stream.cancel()
+        deadline = time.monotonic() + 10  # a cancelled stream gives its slot back within a poll
+        while True:
+            extra = stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT)
+            try:
+                next(extra)
+                extra.cancel()
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        for stream in opened:
+            stream.cancel()
+        coordinator.stop_job(job.job_id)  # noqa: F821 - registered above or the test failed there
+        channel.close()
+        server.stop(grace=None).wait()
+        coordinator.shutdown()
