@@ -165,7 +165,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     @rpc
     def CreateJob(self, request, context):
         job = self.coordinator.create_job(
-            request.strategy, list(request.kbs), from_struct(request.settings), from_struct(request.strategy_settings), request.resume_unfinished
+            request.strategy, list(request.kbs), from_struct(request.settings), from_struct(request.strategy_settings, "strategy_settings"), request.resume_unfinished
         )
         return pb.CreateJobResponse(job=job_message(job))
 
