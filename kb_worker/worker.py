@@ -153,6 +153,10 @@ class KBWorker:
         finally:
             model.modules().train()
 
+    def _serving(self):
+        """The model that answers Predict; the actor answers from a snapshot instead, so that Predict never waits for a round."""
+        return self._evaluating()
+
     def _sent(self, peer: str, payload: bytes) -> None:
         labels = (self.name, peer, self.job_id)
         metrics.WORKER_SENT_BYTES.labels(*labels).inc(len(payload))
@@ -254,7 +258,7 @@ class KBWorker:
         kind = QueryKind.TAIL if head else QueryKind.HEAD
         query = torch.tensor([[entity, relation_id] if head else [relation_id, entity]])
         everything = torch.arange(len(self.kb.entities))
-        with self._evaluating() as model, torch.no_grad():
+        with self._serving() as model, torch.no_grad():
             top = model.top_candidates(kind, query, everything, k)
             scores = model.score_sliced(kind, query, top)[0]
         known = set(self.known.pairs(kind, query)[1].tolist())
