@@ -1,7 +1,8 @@
 """The Python API as the README shows it: its example runs as written, then everything it promises is checked.
 
 One job (packaged nations cut into 2 KBs, 2 rounds of 5 steps) serves the module; ``kdmkb run --out``
-runs one more, of 1 round, to show the command leaves the same files.
+runs one more (1 KB, 1 round) to show the command leaves the same files, and one runs on the session's
+coordinator.
 """
 
 from __future__ import annotations
@@ -172,14 +173,13 @@ def test_kdmkb_run_out_leaves_the_same_files(example, tmp_path):
     job = example["split"].save(tmp_path / "kbs")
     raw = tomllib.loads(job.read_text(encoding="utf-8"))
     assert raw["kb"][0]["data"] == "kb1" and (tmp_path / "kbs" / "kb1" / "train.tsv").is_file()  # a copy, relative to its job file
-    raw["job"] = {"rounds": 1, "steps_per_round": 3}
-    for entry in raw["kb"]:
-        entry["settings"] = {"dim": 16, "batch_size": 64}
+    raw.update(strategy="none", job={"rounds": 1, "steps_per_round": 3}, kb=raw["kb"][:1], alignment=[])  # one KB: one worker to start
+    raw["kb"][0]["settings"] = {"dim": 16, "batch_size": 64}
     job.write_text(tomli_w.dumps(raw), encoding="utf-8")
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["run", str(job), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    check_run_folder(out, 1, ("kb1", "kb2"))
+    check_run_folder(out, 1, ("kb1",))
     assert f"written to {out}: checkpoints/, embeddings/, history.csv, history.jsonl, job.toml, loss.png, report.json, valid_mrr.png" in result.stdout
 
 
@@ -187,6 +187,7 @@ def test_a_run_on_a_running_coordinator(grpc_address, tmp_path):
     """On a running coordinator the result has the embeddings but no checkpoints: predict asks that coordinator, for tails only."""
     split = kdmkb.split(kdmkb.dataset_dir("nations"), kbs=2, seed=1, names=["remote1", "remote2"])
     job = split.job(strategy="none", rounds=1, steps_per_round=3, worker_settings={"dim": 16, "batch_size": 64})
+    job = job.model_copy(update={"kb": job.kb[:1], "alignment": []})  # one KB: one worker to start
     result = kdmkb.run(job, coordinator=grpc_address, progress=False)
     assert result.checkpoints == {} and [record.round for record in result.history] == [1]
     vectors = result.embeddings("remote1")
