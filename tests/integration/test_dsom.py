@@ -1,7 +1,7 @@
 """A DSoM job over gRPC: three teachers (structure, text and numeric features of one nations graph) and a feature-less student.
 
 The teachers pre-train alone, then the student pulls every teacher's answers for its own queries
-and trains with the dsom combination; its choices of teacher subsets reach its /metrics.
+and trains with the dsom combination; its choices of teacher subsets reach its /metrics and the job's record.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def subset_counts(stub, job_id: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("answers, state", [("full", "full"), ("compact", "compact")])
-def test_a_dsom_student_learns_from_three_teachers_and_records_its_choices(stub, dsom_kbs, answers, state):
+def test_a_dsom_student_learns_from_three_teachers_and_records_its_choices(stub, coordinator, dsom_kbs, answers, state):
     settings = {
         "rounds": ROUNDS, "steps_per_round": STEPS, "eval_every": 0, "checkpoint_every": 0, "seed": 0,
         "combination": "dsom", "relation_weight": 0, "temperature": 4.0, "combination_settings": {"state": state, "hidden": 64},
@@ -83,6 +83,7 @@ def test_a_dsom_student_learns_from_three_teachers_and_records_its_choices(stub,
     counts = subset_counts(stub, job.job_id)
     assert sum(counts.values()) == (ROUNDS - PRETRAIN) * STEPS * 2 * WORKER["batch_size"]  # a tail and a head query per triple
     assert all(set(subset.split("+")) <= set(TEACHERS) for subset in counts)
+    assert coordinator.job(job.job_id).progress[STUDENT]["teacher_subsets"] == {subset: int(count) for subset, count in counts.items()}  # the job's record too
 
 
 def test_a_dsom_job_names_a_student_outside_the_job(stub, dsom_kbs):
