@@ -63,15 +63,31 @@ def _report(name: str, unit: str, counts: list[int], timings: list[tuple[float, 
     print(f"| {name} | {count:.0f} | {wall:.2f} | {cpu:.2f} | {count / wall:.1f} {unit}/s |", flush=True)
 
 
+def _umls_batches(batch_size: int, steps: int) -> tuple:
+    """The packaged UMLS KB and ``steps`` random train batches of ``batch_size`` (seed 0)."""
+    kb = load_kb(dataset_dir("umls"))
+    train = torch.from_numpy(kb.train)
+    generator = torch.Generator().manual_seed(0)
+    return kb, [train[torch.randint(len(train), (batch_size,), generator=generator)] for _ in range(steps)]
+
+
+def _ours_train(worker, optimizer, batches: list) -> None:
+    """The student's step without lessons: the worker's ``train_loss``, backward, the type's optimiser, one update."""
+    worker.modules().train()
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        worker.train_loss(batch).backward()
+        optimizer.step()
+        worker.updates += 1
+
+
 def mtl_kgc(max_lengths: list[int], threads: int, batch_size: int, steps: int, score_queries: int, repeats: int) -> None:
     """``mtl-kgc`` (LP only, one negative per positive, as the paper's default step) against a bare AutoModel + 2-way head loop."""
     from transformers import AutoModel
 
-    kb = load_kb(dataset_dir("umls"))
+    kb, batches = _umls_batches(batch_size, steps)
     cls = WORKER_TYPES.get("mtl-kgc")
     train = torch.from_numpy(kb.train)
-    generator = torch.Generator().manual_seed(0)
-    batches = [train[torch.randint(len(train), (batch_size,), generator=generator)] for _ in range(steps)]
     queries = train[:score_queries, :2]
     for max_length in max_lengths:
         print(f"\n## mtl-kgc, max_length {max_length}, batch {batch_size} positives (+1 negative each), {steps} steps; scoring {score_queries} x {len(kb.entities)} pairs\n")
@@ -98,12 +114,7 @@ def mtl_kgc(max_lengths: list[int], threads: int, batch_size: int, steps: int, s
         results = {name: ([], []) for name in ("ours train", "bare train", "ours score", "bare score")}
 
         def ours_train():
-            worker.modules().train()
-            for batch in batches:
-                optimizer.zero_grad(set_to_none=True)
-                worker.train_loss(batch).backward()
-                optimizer.step()
-                worker.updates += 1
+            _ours_train(worker, optimizer, batches)
 
         def bare_train(steps_sequences):
             bare.train()
@@ -147,11 +158,8 @@ def lmke(max_lengths: list[int], threads: int, batch_size: int, steps: int, scor
     an MLP over ``[q; k; q-k; q*k; degrees]`` of every in-batch pair, BCE with the targets as positives."""
     from transformers import AutoModel
 
-    kb = load_kb(dataset_dir("umls"))
+    kb, batches = _umls_batches(batch_size, steps)
     cls = WORKER_TYPES.get("lmke")
-    train = torch.from_numpy(kb.train)
-    generator = torch.Generator().manual_seed(0)
-    batches = [train[torch.randint(len(train), (batch_size,), generator=generator)] for _ in range(steps)]
     for max_length in max_lengths:
         print(f"\n## lmke, max_length {max_length}, batch {batch_size} triples (tail and head queries), {steps} steps; encoding every entity key ({len(kb.entities)})\n")
         print("| variant | sequences | wall s | cpu s | throughput |\n|---|---|---|---|---|")
@@ -183,12 +191,7 @@ def lmke(max_lengths: list[int], threads: int, batch_size: int, steps: int, scor
             return {k: v for k, v in _padded([(row, [0] * len(row)) for row in ids], pad).items() if k != "token_type_ids"}
 
         def ours_train():
-            worker.modules().train()
-            for batch in batches:
-                optimizer.zero_grad(set_to_none=True)
-                worker.train_loss(batch).backward()
-                optimizer.step()
-                worker.updates += 1
+            _ours_train(worker, optimizer, batches)
 
         def bare_train(steps_sequences):
             query_encoder.train()
