@@ -63,3 +63,16 @@ def test_malformed_block_is_refused_with_the_teacher_named():
     message.blocks[0].candidates.CopyFrom(exchange.to_tensor(np.zeros((1, 3), np.int32)))  # neither [5, 4] nor [1, 4]
     with pytest.raises(ValueError, match="malformed SoftLabels block from 'teacher'"):
         exchange.decode(message.SerializeToString())
+
+
+def test_a_tail_bucket_is_one_score_column_more_than_the_candidates():
+    rng = np.random.default_rng(2)
+    candidates = np.broadcast_to(np.arange(6), (5, 6))  # one list shared by the block's queries
+    block = exchange.SoftLabelBlock(QueryKind.HEAD, 0, rng.integers(0, 9, (5, 2)), candidates, rng.standard_normal((5, 7)).astype(np.float32), tail=True)
+    message = pb.SoftLabels.FromString(exchange.encode(lesson(block)))
+    assert message.blocks[0].tail_bucket and list(message.blocks[0].candidates.shape) == [1, 6]
+    got = exchange.decode(message.SerializeToString()).blocks[0]
+    assert got.tail and got.candidates.shape == (5, 6) and got.scores.shape == (5, 7)
+    message.blocks[0].tail_bucket = False  # 7 scores for 6 candidates without a bucket
+    with pytest.raises(ValueError, match="malformed SoftLabels block from 'teacher'"):
+        exchange.decode(message.SerializeToString())
