@@ -130,6 +130,10 @@ class FeatureComplExWorker(WorkerType):
             return self._index.search(entities, pool, lambda rows: rows, self._query_vectors(entities, kind, queries), min(k, pool.numel()), version=self.updates)
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        return self._one_vs_all(batch)[0]
+
+    def _one_vs_all(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The loss, the logits over every entity of each triple's tail query then of its reciprocal (head) query, and their ``(entity, relation)`` keys."""
         heads, relations, tails = batch.unbind(dim=1)
         entities = self.model.entities()
         given = torch.cat([heads, tails])
@@ -140,7 +144,23 @@ class FeatureComplExWorker(WorkerType):
         loss = F.cross_entropy(logits, targets)
         if self.settings.n3:
             loss = loss + self.settings.n3 * n3_penalty(factors) / given.numel()
-        return loss
+        return loss, logits, given * (2 * self.num_relations) + relation
+
+    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The 1vsAll logits also answer requests for every entity of the batch's own queries (a DSoM student's): one product, not two."""
+        loss, logits, keys = self._one_vs_all(batch)
+        order = torch.argsort(keys)
+        scores = []
+        for kind, queries, candidates in requests:
+            if candidates is None and kind != QueryKind.RELATION:
+                given, relation = reciprocal_tail_query(kind, queries, self.num_relations)
+                wanted = given * (2 * self.num_relations) + relation
+                found = order[torch.searchsorted(keys[order], wanted).clamp(max=len(keys) - 1)]
+                if bool((keys[found] == wanted).all()):
+                    scores.append(logits[found])
+                    continue
+            scores.append(self.score(kind, queries, candidates))
+        return loss, scores
 
     def embeddings(self) -> dict[str, np.ndarray]:
         """Entity vectors ``[real | imaginary]``; each relation as ``[r | r^-1]``, one row per relation name."""

@@ -105,3 +105,22 @@ def test_a_kb_without_the_modality_is_refused_naming_the_setting(make_kb):
     cls = WORKER_TYPES.get("feature-complex")
     with pytest.raises(ConfigError, match=r"settings.features: the KB has no features/image.npy \(its modalities: none\)"):
         cls.check_kb(make_kb(3, 1), cls.validate_settings({"features": "image"}))
+
+
+def test_train_scores_reuse_the_1vsall_logits_for_the_batchs_own_queries(make_kb, monkeypatch):
+    worker = _worker(make_kb)
+    scored = []
+    score = worker.score
+    monkeypatch.setattr(worker, "score", lambda *request: scored.append(request) or score(*request))
+    batch = torch.from_numpy(worker.kb.train[:3])
+    requests = [
+        (QueryKind.TAIL, batch[[2, 0], :2], None),  # the batch's own queries, in another order: from the loss's logits
+        (QueryKind.HEAD, batch[:, 1:], None),  # answered by the reciprocal half
+        (QueryKind.TAIL, torch.tensor([[4, 1]]), None),  # not a query of the batch: scored on its own
+        (QueryKind.TAIL, batch[:1, :2], torch.tensor([[1, 2]])),
+    ]
+    loss, scores = worker.train_scores(batch, requests)
+    assert len(scored) == 2  # only the last two requests needed scoring of their own
+    assert loss.item() == pytest.approx(worker.train_loss(batch).item())
+    for (kind, queries, candidates), got in zip(requests, scores):
+        torch.testing.assert_close(got, worker.score(kind, queries, candidates))
