@@ -414,12 +414,16 @@ class Coordinator:
             raise ConfigError(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
         return self._call(self._kb(kb).handle.evaluate.remote(split), kb)
 
-    def predict(self, kb: str, head: str, relation: str, k: int = 10) -> list[dict]:
-        _require(head, "head")
+    def predict(self, kb: str, head: str, relation: str, k: int = 10, tail: str = "") -> list[dict]:
+        """Top-k tails of (head, relation, ?), or given ``tail`` instead of ``head`` top-k heads of (?, relation, tail)."""
+        if head and tail:
+            raise ConfigError("tail: give a head (to predict tails) or a tail (to predict heads), not both")
+        if not tail:
+            _require(head, "head")
         _require(relation, "relation")
         if not 0 < k <= 1000:
             raise ConfigError(f"k: must be between 1 and 1000, got {k}")
-        return self._call(self._kb(kb).handle.predict.remote(head, relation, k), kb)
+        return self._call(self._kb(kb).handle.predict.remote(head, relation, k, tail=tail), kb)
 
     def export(self, kb: str) -> dict:
         return self._call(self._kb(kb).handle.export.remote(), kb)

@@ -197,7 +197,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @rpc
     def Predict(self, request, context):
-        predictions = self.coordinator.predict(request.kb, request.head, request.relation, request.k or 10)
+        predictions = self.coordinator.predict(request.kb, request.head, request.relation, request.k or 10, tail=request.tail)
         return pb.PredictResponse(predictions=[pb.Prediction(**p) for p in predictions])
 
     @rpc

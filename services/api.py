@@ -173,15 +173,13 @@ class Result:
 
         The model is rebuilt in this process from the KB's final checkpoint (the KB's data folder
         must still be there). A result of a remote coordinator has no local checkpoints; it asks
-        that coordinator, which predicts tails only, with the KB's current weights.
+        that coordinator, with the KB's current weights.
         """
         if not 0 < k <= 1000:
             raise ConfigError(f"k: must be between 1 and 1000, got {k}")
         self._entry(kb)
         if kb not in self.checkpoints and self._remote is not None:
-            if tail is not None or not head:
-                raise PreconditionError("tail: the coordinator's Predict answers tails only; give head and relation")
-            return self._remote_predict(kb, head, relation, k)
+            return self._remote_predict(kb, head or "", relation, k, tail or "")
         answers = self._worker(kb).predict(head or "", relation, k, tail=tail or "")
         return [Prediction(**answer) for answer in answers]
 
@@ -253,7 +251,7 @@ class Result:
         self._workers[kb] = worker
         return worker
 
-    def _remote_predict(self, kb: str, head: str, relation: str, k: int) -> list[Prediction]:
+    def _remote_predict(self, kb: str, head: str, relation: str, k: int, tail: str) -> list[Prediction]:
         from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 
         client = self._remote if isinstance(self._remote, CoordinatorClient) else CoordinatorClient(self._remote)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import kdmkb
 from kdmkb.services.cli import app
 from kdmkb.services.config import load_job_file
-from kdmkb.services.errors import ConfigError, NotFoundError, PreconditionError
+from kdmkb.services.errors import ConfigError, NotFoundError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -184,7 +184,7 @@ def test_kdmkb_run_out_leaves_the_same_files(example, tmp_path):
 
 
 def test_a_run_on_a_running_coordinator(grpc_address, tmp_path):
-    """On a running coordinator the result has the embeddings but no checkpoints: predict asks that coordinator, for tails only."""
+    """On a running coordinator the result has the embeddings but no checkpoints: predict asks that coordinator, for tails and heads."""
     split = kdmkb.split(kdmkb.dataset_dir("nations"), kbs=2, seed=1, names=["remote1", "remote2"])
     job = split.job(strategy="none", rounds=1, steps_per_round=3, worker_settings={"dim": 16, "batch_size": 64})
     job = job.model_copy(update={"kb": job.kb[:1], "alignment": []})  # one KB: one worker to start
@@ -194,5 +194,5 @@ def test_a_run_on_a_running_coordinator(grpc_address, tmp_path):
     assert vectors.entity_vectors.shape == (len(vectors.entity_names), 16)
     tails = result.predict("remote1", "usa", "embassy", k=3)
     assert [p.entity for p in tails] == brute_force(vectors, "usa", "embassy", None, 3)  # the KB's weights are still the job's
-    with pytest.raises(PreconditionError, match="answers tails only"):
-        result.predict("remote1", None, "embassy", tail="uk")
+    heads = result.predict("remote1", None, "embassy", k=3, tail="uk")
+    assert [p.entity for p in heads] == brute_force(vectors, None, "embassy", "uk", 3)

@@ -341,16 +341,18 @@ class EvaluateResponse(_message.Message):
     def __init__(self, metrics: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("kb", "head", "relation", "k")
+    __slots__ = ("kb", "head", "relation", "k", "tail")
     KB_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     RELATION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
     kb: str
     head: str
     relation: str
     k: int
-    def __init__(self, kb: _Optional[str] = ..., head: _Optional[str] = ..., relation: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    tail: str
+    def __init__(self, kb: _Optional[str] = ..., head: _Optional[str] = ..., relation: _Optional[str] = ..., k: _Optional[int] = ..., tail: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("entity", "score", "known")
