@@ -133,7 +133,8 @@ class JobRunner(threading.Thread):
         try:
             settings = JobSettings.model_validate(job.settings)
             strategy = make_strategy(job.strategy, job.kbs, settings, job.strategy_settings)
-            self._configure(settings, strategy)
+            initial = strategy.state()
+            self._configure(settings, strategy, initial)
             job.state = "RUNNING"
             self._emit("started")
             restarts = 0
@@ -148,20 +149,10 @@ class JobRunner(threading.Thread):
                     self._emit("stopped", message="stopped on request")
                     return
                 try:
-                    seconds, results = self._round(round_, strategy.plan(round_), settings)
+                    self._advance(round_, settings, strategy)
                 except ray.exceptions.RayActorError:
                     restarts += 1
-                    self._restart_workers(round_, restarts, settings, strategy)
-                    continue
-                strategy.observe(results)
-                job.round = round_ + 1
-                metrics.ROUND_SECONDS.labels(job.job_id).observe(seconds)
-                metrics.JOB_ROUNDS.labels(job.job_id).set(job.round)
-                if settings.eval_every and job.round % settings.eval_every == 0 and job.round < settings.rounds:
-                    self._evaluate("valid")
-                if settings.checkpoint_every and job.round % settings.checkpoint_every == 0:
-                    self._checkpoint(settings, strategy)
-                self._emit("round", round_seconds=seconds)
+                    self._restart_workers(round_, restarts, settings, strategy, initial)
             if job.round > job.checkpoint_round:
                 self._checkpoint(settings, strategy)  # every job leaves its final weights
             self._emit("evaluating", message="ranking the test split of every KB")
@@ -177,7 +168,21 @@ class JobRunner(threading.Thread):
                 job.error = "UnavailableError: a KB worker of this job ended (killed or out of memory); StartJob resumes the job from its last checkpoint"
             self._emit("failed", message=job.error)
 
-    def _restart_workers(self, round_: int, restarts: int, settings: JobSettings, strategy) -> None:
+    def _advance(self, round_: int, settings: JobSettings, strategy) -> None:
+        """Round ``round_`` and what follows it: the strategy's observation, evaluation and checkpoint as the settings ask."""
+        job = self.job
+        seconds, results = self._round(round_, strategy.plan(round_), settings)
+        strategy.observe(results)
+        job.round = round_ + 1
+        metrics.ROUND_SECONDS.labels(job.job_id).observe(seconds)
+        metrics.JOB_ROUNDS.labels(job.job_id).set(job.round)
+        if settings.eval_every and job.round % settings.eval_every == 0 and job.round < settings.rounds:
+            self._evaluate("valid")
+        if settings.checkpoint_every and job.round % settings.checkpoint_every == 0:
+            self._checkpoint(settings, strategy)
+        self._emit("round", round_seconds=seconds)
+
+    def _restart_workers(self, round_: int, restarts: int, settings: JobSettings, strategy, initial: dict) -> None:
         """A worker died in round ``round_``: restart it and go on from the last checkpoint; the job fails, in plain words, after MAX_RESTARTS."""
         if restarts > MAX_RESTARTS:
             raise UnavailableError(f"KB workers of this job ended {restarts} times in this run, last in round {round_ + 1}; StartJob resumes the job from its last checkpoint")
@@ -188,15 +193,19 @@ class JobRunner(threading.Thread):
         names = ", ".join(map(repr, restarted)) or "?"
         log.warning("job %s: the worker of KB %s ended in round %d; restarted, resuming from the last checkpoint", self.job.job_id, names, round_ + 1)
         self.resume = True
-        self._configure(settings, strategy)
+        self._configure(settings, strategy, initial)
         self._emit("restarted", message=f"the worker of KB {names} ended in round {round_ + 1}; restarted, resuming at round {self.job.round}")
 
-    def _configure(self, settings: JobSettings, strategy) -> None:
-        """Fresh models from the job's seed, or, resuming, the newest checkpoint every KB can load (older ones when the latest is damaged)."""
+    def _configure(self, settings: JobSettings, strategy, initial: dict) -> None:
+        """Fresh models from the job's seed (and the strategy in its ``initial`` state), or, resuming, the newest checkpoint every KB can load
+        (older ones when the latest is damaged)."""
         job = self.job
         distill = settings.distill()
-        configure = [w.configure.remote(job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()]
-        ray.get(configure)
+
+        def configure() -> None:
+            ray.get([w.configure.remote(job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()])
+
+        configure()
         job.round = 0
         for round_ in sorted(map(int, job.checkpoints), reverse=True) if self.resume else ():
             try:
@@ -214,9 +223,10 @@ class JobRunner(threading.Thread):
         else:
             if self.resume and job.checkpoints:
                 log.error("job %s: no checkpoint is usable; starting again from round 0", job.job_id)
-                ray.get([w.configure.remote(job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()])
+                configure()
             if self.resume:
                 job.progress = {}
+                strategy.restore(initial)
         for kb in self.workers:
             job.progress.setdefault(kb, job.new_progress())
 

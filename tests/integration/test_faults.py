@@ -88,7 +88,7 @@ def test_a_corrupt_state_file_is_set_aside_and_the_rest_served(ray_session, tmp_
         # it serves: a KB registered again runs the job that survived
         _register(second, nations_split, kb_names, alignment_files, worker_settings)
         second.start_job(kept.job_id)
-        assert second.wait(kept.job_id, TIMEOUT).state == "SUCCEEDED"
+        assert second.wait(kept.job_id, TIMEOUT).state == "SUCCEEDED", kept.error
     finally:
         second.shutdown()
 
@@ -96,6 +96,14 @@ def test_a_corrupt_state_file_is_set_aside_and_the_rest_served(ray_session, tmp_
 def _metrics(job) -> dict:
     """A job's test metrics without their timing."""
     return {kb: {key: value for key, value in metrics.items() if key != "seconds"} for kb, metrics in job.test_metrics.items()}
+
+
+def _ran(coordinator: Coordinator, strategy: str, kbs: list[str], settings: dict):
+    """A job created, started and waited for; it must succeed."""
+    job = coordinator.create_job(strategy, kbs, settings)
+    coordinator.start_job(job.job_id)
+    assert coordinator.wait(job.job_id, TIMEOUT).state == "SUCCEEDED", job.error
+    return job
 
 
 def _follow(coordinator: Coordinator, job_id: str, rounds: int) -> None:
@@ -114,9 +122,7 @@ def test_a_stopped_job_resumes_and_ends_as_an_uninterrupted_one(ray_session, tmp
     try:
         _register(coordinator, nations_split, kb_names, alignment_files, worker_settings)
         settings = {**job_settings, "rounds": 12, "eval_every": 0, "checkpoint_every": 5}
-        whole = coordinator.create_job("cooperative", list(kb_names), settings)
-        coordinator.start_job(whole.job_id)
-        assert coordinator.wait(whole.job_id, TIMEOUT).state == "SUCCEEDED", whole.error
+        whole = _ran(coordinator, "cooperative", list(kb_names), settings)
 
         stopped = coordinator.create_job("cooperative", list(kb_names), settings)
         coordinator.start_job(stopped.job_id)
@@ -196,9 +202,7 @@ def test_a_killed_kb_worker_is_restarted_and_its_job_continues(ray_session, tmp_
             coordinator.register_kb(name, str(folders / name), "transe", worker_settings)
         coordinator.register_alignment(*kb_names, *map(str, alignment_files))
         settings = {**job_settings, "rounds": 10, "eval_every": 0, "checkpoint_every": 2}
-        whole = coordinator.create_job("cooperative", list(kb_names), settings)
-        coordinator.start_job(whole.job_id)
-        assert coordinator.wait(whole.job_id, TIMEOUT).state == "SUCCEEDED", whole.error
+        whole = _ran(coordinator, "cooperative", list(kb_names), settings)
 
         # killed mid-job: restarted, restored from the last checkpoint, and the job ends as an uninterrupted one
         job = coordinator.create_job("cooperative", list(kb_names), settings)
@@ -268,9 +272,7 @@ def test_re_registering_a_kb_with_other_settings_needs_force(ray_session, nation
         assert coordinator._alignments == before  # rebuilt against the new worker's vocabulary: the same pairs
         with pytest.raises(PreconditionError, match=rf"KB '{left}' was registered again with other settings after job '{waiting.job_id}'"):
             coordinator.start_job(waiting.job_id)
-        fresh = coordinator.create_job("none", [left], {**job_settings, "rounds": 1})
-        coordinator.start_job(fresh.job_id)
-        assert coordinator.wait(fresh.job_id, TIMEOUT).state == "SUCCEEDED", fresh.error
+        _ran(coordinator, "none", [left], {**job_settings, "rounds": 1})
     finally:
         coordinator.shutdown()
 
@@ -301,7 +303,7 @@ def test_streams_never_starve_the_server(ray_session, nations_split, kb_names, w
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.CoordinatorStub(channel)
     health = health_pb2_grpc.HealthStub(channel)
-    opened = []
+    opened, job = [], None
     try:
         name = kb_names[0]
         coordinator.register_kb(name, str(nations_split.out_dir / name), "transe", worker_settings)
@@ -339,7 +341,8 @@ def test_streams_never_starve_the_server(ray_session, nations_split, kb_names, w
     finally:
         for stream in opened:
             stream.cancel()
-        coordinator.stop_job(job.job_id)  # noqa: F821 - registered above or the test failed there
+        if job is not None:
+            coordinator.stop_job(job.job_id)
         channel.close()
         server.stop(grace=None).wait()
         coordinator.shutdown()
