@@ -189,6 +189,7 @@ def _kill_worker(coordinator: Coordinator, kb: str) -> None:
     os.kill(coordinator.placement(kb)["pid"], signal.SIGKILL)
 
 
+@pytest.mark.slow  # five short jobs and three worker restarts: about 45 s
 def test_a_killed_kb_worker_is_restarted_and_its_job_continues(ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings):
     folders = tmp_path / "kbs"
     for name in kb_names:
@@ -277,6 +278,7 @@ def test_re_registering_a_kb_with_other_settings_needs_force(ray_session, nation
         coordinator.shutdown()
 
 
+@pytest.mark.slow  # a `kdmkb serve` process starts its Ray before it binds: about 30 s
 def test_a_second_server_on_a_busy_port_is_refused(coordinator, grpc_address, tmp_path):
     with pytest.raises(PreconditionError, match=f"address: cannot listen on {grpc_address}: the port is in use"):
         start_server(coordinator, grpc_address)
