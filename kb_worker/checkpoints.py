@@ -73,9 +73,12 @@ def read(directory: str | Path, round_: int, kb: str, worker_type: str, settings
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        raise DataError(f"{file}: corrupt checkpoint ({type(error).__name__}: {error})") from None
+        reason = str(error).split(". ", 1)[0]  # torch's first sentence (its messages run to paragraphs)
+        raise DataError(f"{file}: corrupt checkpoint ({type(error).__name__}: {reason})") from None
     if not isinstance(state, dict) or REQUIRED - state.keys():
         raise DataError(f"{file}: not a kdmkb checkpoint")
+    if state["kb"] != kb:
+        raise DataError(f"{file}: checkpoint is of KB {state['kb']!r}, not of KB {kb!r}")
     if state["worker_type"] != worker_type or model_settings(state["settings"] or {}) != model_settings(settings):
         raise DataError(f"{file}: checkpoint is of a {state['worker_type']!r} worker with other settings than KB {kb!r}")
     return state

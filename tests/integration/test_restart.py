@@ -220,3 +220,14 @@ def test_a_checkpoint_of_other_settings_is_refused(trained_worker, tmp_path, nat
     with pytest.raises(DataError, match="other settings"):
         other.load(tmp_path / "ck", 1)
     np.testing.assert_array_equal(_weights(other)["entity"], before["entity"])
+
+
+def test_a_checkpoint_of_another_kb_is_refused(trained_worker, tmp_path, nations_split, kb_names, worker_settings):
+    """The nations halves have vocabularies of one size: the weights would fit, the KB is another."""
+    trained_worker.save(tmp_path / "ck", 1)
+    other = KBWorker(kb_names[1], nations_split.out_dir / kb_names[1], "transe", worker_settings)
+    other.configure("job-ck", 0)
+    before = _weights(other)
+    with pytest.raises(DataError, match=f"checkpoint is of KB '{trained_worker.name}', not of KB '{kb_names[1]}'"):
+        other.load(tmp_path / "ck", 1)
+    np.testing.assert_array_equal(_weights(other)["entity"], before["entity"])
