@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 
 import grpc
 import numpy as np
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from kdmkb.coordinator.jobs import Job, JobEvent
 from kdmkb.coordinator.service import Coordinator
@@ -37,6 +41,29 @@ def _status(error: Exception) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+# A message in the form every kdmkb error takes, "field.path: problem; other[0].field: problem".
+FIELD = re.compile(r"([A-Za-z_][\w.\[\]-]*): ")
+
+
+def field_violations(message: str) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The fields a message names, for the ``google.rpc.BadRequest`` detail that non-Python clients read."""
+    return [
+        error_details_pb2.BadRequest.FieldViolation(field=match.group(1), description=part[match.end() :])
+        for part in message.split("; ")
+        if (match := FIELD.match(part))
+    ]
+
+
+def _abort_naming_fields(context, code: grpc.StatusCode, message: str) -> None:
+    """Aborts with the message and, where it names fields, a ``google.rpc.BadRequest`` of them in the status details."""
+    violations = field_violations(message) if code == grpc.StatusCode.INVALID_ARGUMENT else []
+    if not violations:
+        context.abort(code, message)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
+    context.abort_with_status(rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail])))
 
 
 METRIC_FIELDS = ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10", "num_queries", "seconds", "ranking", "retriever_recall")
@@ -115,7 +142,7 @@ def rpc(method):
         if code == grpc.StatusCode.INTERNAL:
             log.exception("%s failed", name)
             context.abort(code, f"internal error in {name}: {type(error).__name__}: {error}")
-        context.abort(code, str(error))
+        _abort_naming_fields(context, code, str(error))
 
     if name in ("WatchJob", "ExportEmbeddings"):
 
