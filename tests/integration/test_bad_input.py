@@ -53,6 +53,20 @@ def setup(stub, finished_job, kb_names, nations_split, worker_settings, tmp_path
     for name in ("train.tsv", "test.tsv", "entities.tsv", "relations.tsv"):
         _write(bad / "unknown-entity" / name, (left_dir / name).read_text(encoding="utf-8").splitlines())
     _write(bad / "unknown-entity" / "valid.tsv", ["atlantis\tembassy\tusa"])
+    # KB folders with one bad file each: a NUL byte in a name, train.tsv a directory, an empty train.tsv, an entity listed twice
+    for name, replace in (
+        ("nul", {"train.tsv": [good_lines[0].replace("\t", "\x00\t", 1), *good_lines[1:5]]}),
+        ("train-dir", {"train.tsv": None}),
+        ("empty-train", {"train.tsv": []}),
+        ("duplicate-vocabulary", {"entities.tsv": [*(left_dir / "entities.tsv").read_text(encoding="utf-8").splitlines(), "usa"]}),
+    ):
+        for file in ("train.tsv", "valid.tsv", "test.tsv", "entities.tsv", "relations.tsv"):
+            if file not in replace:
+                _write(bad / name / file, (left_dir / file).read_text(encoding="utf-8").splitlines())
+            elif replace[file] is None:
+                (bad / name / file).mkdir(parents=True)
+            else:
+                _write(bad / name / file, replace[file])
     # alignment files
     _write(bad / "unknown.entities.tsv", ["usa\tusa", "atlantis\tusa", "uk\tuk"])
     _write(bad / "unknown.relations.tsv", ["embassy\tembassy", "warp\twarp"])
@@ -125,6 +139,30 @@ CASES = [
         lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.left_dir), worker_type="feature-mlp", settings=struct({"features": "images"})),
         INVALID,
         ["settings.features", "features/images.npy"],
+    ),
+    ("kb-nul-byte", "RegisterKB", lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.bad / "nul")), INVALID, ["train.tsv line 1 column", "control character"]),
+    ("kb-train-is-a-directory", "RegisterKB", lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.bad / "train-dir")), INVALID, ["data_dir", "missing train.tsv"]),
+    ("kb-empty-train", "RegisterKB", lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.bad / "empty-train")), INVALID, ["train.tsv", "empty"]),
+    (
+        "kb-duplicate-vocabulary",
+        "RegisterKB",
+        lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.bad / "duplicate-vocabulary")),
+        INVALID,
+        ["entities.tsv line", "duplicate entity 'usa'", "first on line"],
+    ),
+    (
+        "kb-nan-setting",
+        "RegisterKB",
+        lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.left_dir), settings=struct({"learning_rate": float("nan")})),
+        INVALID,
+        ["settings.learning_rate", "finite"],
+    ),
+    (
+        "oversized-request",
+        "RegisterKB",
+        lambda s: pb.RegisterKBRequest(name="newkb", data_dir="x" * (65 << 20)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ["larger than max"],
     ),
     ("kb-bad-norm", "RegisterKB", lambda s: pb.RegisterKBRequest(name="newkb", data_dir=str(s.left_dir), settings=struct({"norm": 3})), INVALID, ["settings.norm"]),
     # re-registering an existing KB badly leaves the registered one in place
