@@ -163,8 +163,8 @@ class WorkerType(abc.ABC):
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
         """The own supervised loss on ``int64 [b, 3]`` positive training triples."""
 
-    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One training step's own loss and ``score(*request)`` for each request.
+    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One training step's own loss and ``score(*request)`` for each request (candidates ``None``: every entity, or relation).
 
         A student's step needs both; a worker type may override this to share work between
         them (one embedding lookup, so one full-size gradient in backward instead of several).

@@ -230,7 +230,7 @@ class StructuralWorker(WorkerType):
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
         return self.train_scores(batch, [])[0]
 
-    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The own loss and the requested scores from one entity lookup (see :meth:`_entity_rows`)."""
         settings: StructuralSettings = self.settings  # type: ignore[assignment]
         model = self.model
