@@ -18,6 +18,7 @@ UNITS = {
     "messages": "SoftLabels messages",
     "steps": "optimiser steps",
     "triples": "positive training triples",
+    "queries": "training queries (a triple's tail or head query)",
     "rounds": "distillation rounds",
     "requests": "gRPC requests",
     "per_second": "a rate measured by the process itself",
