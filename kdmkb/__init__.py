@@ -18,7 +18,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
-    from kdmkb.services.api import Prediction, Result, Split, load, run, split
+    from kdmkb.services.api import JobDetached, Prediction, Result, Split, load, run, split
     from kdmkb.services.config import JobFile
     from kdmkb.services.datasets import dataset_dir
     from kdmkb.services.outputs import Embeddings
@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 # Where each public name lives; imported on first use, so that `import kdmkb` (every Ray worker
 # does) stays light.
 _EXPORTS = {
-    **dict.fromkeys(("Prediction", "Result", "Split", "load", "run", "split"), "kdmkb.services.api"),
+    **dict.fromkeys(("JobDetached", "Prediction", "Result", "Split", "load", "run", "split"), "kdmkb.services.api"),
     "JobFile": "kdmkb.services.config",
     "dataset_dir": "kdmkb.services.datasets",
     "Embeddings": "kdmkb.services.outputs",
 }
 
-__all__ = ["Embeddings", "JobFile", "Prediction", "Result", "Split", "__version__", "dataset_dir", "load", "run", "split"]
+__all__ = ["Embeddings", "JobDetached", "JobFile", "Prediction", "Result", "Split", "__version__", "dataset_dir", "load", "run", "split"]
 
 
 def __getattr__(name: str):

@@ -27,7 +27,7 @@ from kdmkb.services.history import HistoryRecorder, Round, read_jsonl, write_csv
 from kdmkb.services.outputs import PLOTS, Embeddings, figure
 from kdmkb.services.split import SplitSummary, check_out_dir, job_file_dict, split_dataset, write_job_file
 
-__all__ = ["Prediction", "Result", "Split", "load", "run", "split"]
+__all__ = ["JobDetached", "Prediction", "Result", "Split", "load", "run", "split"]
 
 JOB_FILE, REPORT_FILE, HISTORY_JSONL, HISTORY_CSV = "job.toml", "report.json", "history.jsonl", "history.csv"
 CHECKPOINTS, EMBEDDINGS, BASELINE = "checkpoints", "embeddings", "baseline"
@@ -41,6 +41,14 @@ class Prediction:
     entity: str
     score: float
     known: bool
+
+
+class JobDetached(KeyboardInterrupt):
+    """Ctrl-C while following a job on a running coordinator: the job goes on there (stop it with StopJob)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} keeps running on the coordinator")
+        self.job_id = job_id
 
 
 class Split:
@@ -256,7 +264,7 @@ class Result:
 
         client = self._remote if isinstance(self._remote, CoordinatorClient) else CoordinatorClient(self._remote)
         try:
-            response = client.stub.Predict(pb.PredictRequest(kb=kb, head=head, relation=relation, k=k), timeout=client.timeout)
+            response = client.stub.Predict(pb.PredictRequest(kb=kb, head=head, relation=relation, k=k, tail=tail), timeout=client.timeout)
         finally:
             if client is not self._remote:
                 client.close()
@@ -358,6 +366,10 @@ def _run_one(client: CoordinatorClient, job_file: JobFile, strategy: str | None,
 
     try:
         job = client.run(job.job_id, on_event)
+    except KeyboardInterrupt:
+        if remote is None:
+            raise
+        raise JobDetached(job.job_id) from None
     finally:
         bar.close()
     if state_name(job.state) != "SUCCEEDED":

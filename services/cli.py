@@ -1,12 +1,15 @@
-"""The ``kdmkb`` command line: demo, split, run, serve, status, predict, export, cluster up/down.
+"""The ``kdmkb`` command line: every command of the README's table, each a thin layer over the Python API or the gRPC API.
 
 ``run`` and ``demo`` go through the Python API (:mod:`kdmkb.services.api`), so that what they leave
-in ``--out`` is what ``Result.save`` writes.
+in ``--out`` is what ``Result.save`` writes. Exit codes (:class:`Exit`, README) tell a usage error,
+bad data or settings, an unreachable coordinator and a failed job apart.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
+import inspect
 import json
 import logging
 import os
@@ -19,45 +22,151 @@ from typing import Annotated, Optional
 import grpc
 import typer
 
-from kdmkb.services.errors import KdmkbError
+from kdmkb.services.errors import ConfigError, DataError, JobFailedError, KdmkbError, NotFoundError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Knowledge-base embeddings that teach each other (KD-MKB) — one Ray actor per KB, a gRPC coordinator.")
 
-CoordinatorOption = Annotated[
-    Optional[str], typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator; default: an embedded one.")
-]
-RemoteCoordinatorOption = Annotated[str, typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator.")]
 ReportOption = Annotated[Optional[Path], typer.Option("--report", help="Write the results as JSON to this file.")]
 OutOption = Annotated[
     Optional[Path],
     typer.Option("--out", help="Write everything the run leaves here (absent or empty folder): job file, report, history, plots, checkpoints, embeddings."),
 ]
-TokenOption = Annotated[
-    Optional[str], typer.Option("--token", envvar="KDMKB_TOKEN", show_default=False, help="The coordinator's access token (sent as 'authorization: Bearer <token>').")
-]
-TLSCAOption = Annotated[Optional[Path], typer.Option("--tls-ca", envvar="KDMKB_TLS_CA", help="Speak TLS and trust the coordinator's certificate if this CA (PEM) signed it.")]
-TLSCertOption = Annotated[Optional[Path], typer.Option("--tls-cert", envvar="KDMKB_TLS_CERT", help="This client's certificate (PEM), for a coordinator that requires one (mTLS).")]
-TLSKeyOption = Annotated[Optional[Path], typer.Option("--tls-key", envvar="KDMKB_TLS_KEY", help="The key of --tls-cert (PEM).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
 
-def fail(message: str) -> None:
+class Exit(enum.IntEnum):
+    """The exit codes of every command (README's table)."""
+
+    OK = 0
+    ERROR = 1  # refused for another reason: not allowed, not now, over a limit, an internal error
+    USAGE = 2  # an unknown command or option, a bad option value (click's own code)
+    BAD_INPUT = 3  # a job file, setting, data file or alignment is wrong, or names a KB/job/entity that does not exist
+    UNREACHABLE = 4  # no coordinator answers at the address
+    JOB_FAILED = 5  # the job ended FAILED or STOPPED
+    INTERRUPTED = 130  # Ctrl-C
+
+
+def fail(message: str, code: Exit = Exit.USAGE) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(int(code))
+
+
+BAD_INPUT_STATUS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+def _unreachable(error: grpc.RpcError) -> bool:
+    """UNAVAILABLE because no connection was made (refused, unresolvable, TLS handshake), not a worker that is gone."""
+    details = (error.details() or "").lower()
+    return error.code() == grpc.StatusCode.UNAVAILABLE and any(words in details for words in ("failed to connect", "resolving", "dns resolution"))
 
 
 def guarded(function):
-    """Turns kdmkb and gRPC errors into one red line and exit code 2 instead of a traceback."""
+    """Turns kdmkb and gRPC errors into one red line and the exit code of :class:`Exit` instead of a traceback."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
+        except JobFailedError as error:
+            fail(str(error), Exit.JOB_FAILED)
+        except (ConfigError, DataError, NotFoundError) as error:
+            fail(str(error), Exit.BAD_INPUT)
         except KdmkbError as error:
-            fail(str(error))
+            fail(str(error), Exit.ERROR)
         except grpc.RpcError as error:
-            fail(f"{error.code().name}: {error.details()}")
+            if _unreachable(error):
+                address = kwargs.get("coordinator") or DEFAULT_COORDINATOR
+                fail(f"coordinator unreachable at {address} ({error.details()}); start one with `kdmkb serve --address {address}` or give its address with -c HOST:PORT", Exit.UNREACHABLE)
+            fail(f"{error.code().name}: {error.details()}", Exit.BAD_INPUT if error.code() in BAD_INPUT_STATUS else Exit.ERROR)
+        except KeyboardInterrupt:
+            fail("interrupted", Exit.INTERRUPTED)
+        except IsADirectoryError as error:
+            fail(f"{error.filename}: is a folder, not a file", Exit.BAD_INPUT)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as error:
+            fail(f"{error.filename}: {error.strerror}", Exit.BAD_INPUT)
 
     return wrapper
+
+
+# The options of every command that talks to a coordinator, declared once (see ``remote``).
+CoordinatorOption = Annotated[str, typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator.")]
+EmbeddedOrCoordinatorOption = Annotated[
+    Optional[str], typer.Option("--coordinator", "-c", envvar="KDMKB_COORDINATOR", help="HOST:PORT of a running coordinator; default: an embedded one.")
+]
+CLIENT_OPTIONS = {
+    "token": Annotated[
+        Optional[str], typer.Option("--token", envvar="KDMKB_TOKEN", show_default=False, help="The coordinator's access token (sent as 'authorization: Bearer <token>').")
+    ],
+    "tls_ca": Annotated[Optional[Path], typer.Option("--tls-ca", envvar="KDMKB_TLS_CA", help="Speak TLS and trust the coordinator's certificate if this CA (PEM) signed it.")],
+    "tls_cert": Annotated[Optional[Path], typer.Option("--tls-cert", envvar="KDMKB_TLS_CERT", help="This client's certificate (PEM), for a coordinator that requires one (mTLS).")],
+    "tls_key": Annotated[Optional[Path], typer.Option("--tls-key", envvar="KDMKB_TLS_KEY", help="The key of --tls-cert (PEM).")],
+}
+
+
+def remote(embedded_default: bool = False):
+    """Gives a command ``--coordinator`` and the options of :data:`CLIENT_OPTIONS`, and calls it with ``client``, connected (closed after).
+
+    With ``embedded_default`` the coordinator is optional (default: an embedded one, ``client`` None).
+    """
+
+    def decorate(function):
+        own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "client"]
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        coordinator = (
+            inspect.Parameter("coordinator", keyword, annotation=EmbeddedOrCoordinatorOption, default=None)
+            if embedded_default
+            else inspect.Parameter("coordinator", keyword, annotation=CoordinatorOption, default=DEFAULT_COORDINATOR)
+        )
+        options = [coordinator, *(inspect.Parameter(name, keyword, annotation=annotation, default=None) for name, annotation in CLIENT_OPTIONS.items())]
+
+        @functools.wraps(function)
+        def wrapper(*args, coordinator, token, tls_ca, tls_cert, tls_key, **kwargs):
+            client = _connect(coordinator, token, tls_ca, tls_cert, tls_key) if coordinator else None
+            try:
+                return function(*args, client=client, **kwargs)
+            finally:
+                if client:
+                    client.close()
+
+        wrapper.__signature__ = inspect.Signature([*own, *options])
+        return wrapper
+
+    return decorate
+
+
+def _emit(as_json: bool, data, text) -> None:
+    """``data`` as JSON, or ``text(data)``'s lines."""
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        for line in text(data):
+            typer.echo(line)
+
+
+def _message(message) -> dict:
+    """A message as the JSON of its fields, int64 counts as JSON numbers (protobuf's JSON mapping writes them as strings)."""
+    from google.protobuf.json_format import MessageToDict
+
+    return _numbers(message, MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+
+
+def _numbers(message, data: dict) -> dict:
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.name not in data or field.message_type is not None and field.message_type.full_name == "google.protobuf.Struct":
+            continue
+        if field.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64):
+            data[field.name] = [int(v) for v in data[field.name]] if isinstance(data[field.name], list) else int(data[field.name])
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name["value"]
+            if entry.message_type is not None:
+                data[field.name] = {key: _numbers(value[key], item) for key, item in data[field.name].items()}
+        elif field.message_type is not None:
+            data[field.name] = [_numbers(v, d) for v, d in zip(value, data[field.name])] if isinstance(data[field.name], list) else _numbers(value, data[field.name])
+    return data
 
 
 def _print_table(reports: list[dict]) -> None:
@@ -71,6 +180,12 @@ def _print_table(reports: list[dict]) -> None:
             if m:
                 how = f"  {m['ranking']}, retriever recall {m['retriever_recall']:.4f}" if "ranking" in m else ""
                 typer.echo(f"{kb:<12}{report['strategy']:<14}{m['mrr']:>8.4f}{m['mr']:>9.2f}{m['hits@1']:>8.4f}{m['hits@3']:>8.4f}{m['hits@10']:>8.4f}{how}")
+
+
+def _check_report_path(path: Path | None) -> None:
+    """Before a job runs, not after: the folder of ``--report`` exists."""
+    if path and not path.parent.is_dir():
+        fail(f"--report: folder {path.parent} does not exist")
 
 
 def _write_report(path: Path | None, report: dict) -> None:
@@ -125,9 +240,10 @@ def split(
 
 @app.command()
 @guarded
+@remote(embedded_default=True)
 def run(
     config: Annotated[Path, typer.Argument(help="TOML job file ([job], [[kb]], [[alignment]]).")],
-    coordinator: CoordinatorOption = None,
+    client,
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override the job file's strategy.")] = None,
     report: ReportOption = None,
     out: OutOption = None,
@@ -140,23 +256,20 @@ def run(
             "the unfinished job from its last checkpoint (a long run over several sittings). Default: nothing kept.",
         ),
     ] = None,
-    token: TokenOption = None,
-    tls_ca: TLSCAOption = None,
-    tls_cert: TLSCertOption = None,
-    tls_key: TLSKeyOption = None,
 ) -> None:
     """Run a job file on an embedded coordinator (default) or a running one."""
+    from kdmkb.services.api import JobDetached
     from kdmkb.services.api import run as run_job
 
     _quiet_logs()
-    if coordinator and data_dir:
+    _check_report_path(report)
+    if client and data_dir:
         fail("--data-dir: a running coordinator keeps its own data (kdmkb serve --data-dir); give one or the other")
-    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key) if coordinator else None
     try:
         result = run_job(config, coordinator=client, strategy=strategy, baseline=baseline, data_dir=data_dir, out=out)
-    finally:
-        if client:
-            client.close()
+    except JobDetached as detached:
+        at = f" -c {client.address}"
+        fail(f"interrupted: job {detached.job_id} keeps running on the coordinator at {client.address}; follow it with `kdmkb watch {detached.job_id}{at}`, stop it with `kdmkb stop {detached.job_id}{at}`", Exit.INTERRUPTED)
     _print_table([*([result.baseline.report] if result.baseline else []), result.report])
     _write_report(report, _report(result))
     _print_written(out)
@@ -182,6 +295,7 @@ def demo(
     from kdmkb.services.split import check_out_dir
 
     _quiet_logs()
+    _check_report_path(report)
     out = out or Path(f"kdmkb-demo-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_out_dir(out)
     kbs_split = split_kbs(dataset_dir(dataset), kbs=kbs, seed=seed, out=out / "kbs")
@@ -252,68 +366,212 @@ def serve(
     coordinator.shutdown()
 
 
+def _job_lines(jobs: list[dict]) -> list[str]:
+    return [
+        f"{job['job_id']}  {job['strategy']:<12} {job['state'].removeprefix('JOB_STATE_'):<10} round {job['round']}/{job['total_rounds']}  kbs: {', '.join(job['kbs'])}"
+        + (f"  error: {job['error']}" if job["error"] else "")
+        for job in jobs
+    ]
+
+
 @app.command()
 @guarded
+@remote()
+def jobs(client, as_json: JsonOption = False) -> None:
+    """List every job of the coordinator with its state and round."""
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+
+    _emit(as_json, [_message(job) for job in client.stub.ListJobs(pb.ListJobsRequest(), timeout=client.timeout).jobs], _job_lines)
+
+
+@app.command()
+@guarded
+@remote()
 def status(
-    job_id: Annotated[Optional[str], typer.Argument(help="A job id; default: list every job.")] = None,
-    coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
-    token: TokenOption = None,
-    tls_ca: TLSCAOption = None,
-    tls_cert: TLSCertOption = None,
-    tls_key: TLSKeyOption = None,
+    client,
+    job_id: Annotated[Optional[str], typer.Argument(help="A job id; default: list every job (as `kdmkb jobs`).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Show jobs and their progress."""
+    """Show jobs and their progress; one job also with its test metrics."""
     from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-    from kdmkb.services.client import job_report, state_name
+    from kdmkb.services.client import job_report
 
-    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
-    jobs = [client.stub.GetJob(pb.GetJobRequest(job_id=job_id)).job] if job_id else list(client.stub.ListJobs(pb.ListJobsRequest()).jobs)
-    for job in jobs:
-        typer.echo(f"{job.job_id}  {job.strategy:<12} {state_name(job.state):<10} round {job.round}/{job.total_rounds}  kbs: {', '.join(job.kbs)}" + (f"  error: {job.error}" if job.error else ""))
-        if job_id and job.test_metrics:
-            _print_table([job_report(job)])
-    client.close()
+    if not job_id:
+        return _emit(as_json, [_message(job) for job in client.stub.ListJobs(pb.ListJobsRequest(), timeout=client.timeout).jobs], _job_lines)
+    job = client.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=client.timeout).job
+    if as_json:
+        return _emit(True, {**_message(job), "report": job_report(job)}, None)
+    for line in _job_lines([_message(job)]):
+        typer.echo(line)
+    if job.test_metrics:
+        _print_table([job_report(job)])
 
 
 @app.command()
 @guarded
+@remote()
+def watch(client, job_id: Annotated[str, typer.Argument(help="The job to follow.")], as_json: JsonOption = False) -> None:
+    """Follow a job's events until it ends (JSON: one event per line); exit code 5 if it fails or is stopped."""
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+    from kdmkb.services.api import progress_text
+    from kdmkb.services.client import TERMINAL_STATES, state_name
+
+    for event in client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
+        if as_json:
+            typer.echo(json.dumps(_message(event)))
+        else:
+            kbs = "  ".join(f"{kb}: {progress_text(p)}" for kb, p in sorted(event.progress.items()))
+            typer.echo(f"{state_name(event.state):<10} round {event.round}/{event.total_rounds}  {event.kind}  {kbs}" + (f"  {event.message}" if event.message else ""))
+        if event.state in TERMINAL_STATES:
+            if event.state != pb.JOB_STATE_SUCCEEDED:
+                raise typer.Exit(int(Exit.JOB_FAILED))
+            return
+
+
+@app.command()
+@guarded
+@remote()
+def stop(client, job_id: Annotated[str, typer.Argument(help="The job to stop (it keeps its last checkpoint; StartJob resumes it).")], as_json: JsonOption = False) -> None:
+    """Stop a running job after its current round."""
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+
+    job = client.stub.StopJob(pb.StopJobRequest(job_id=job_id), timeout=client.timeout).job
+    _emit(as_json, _message(job), lambda job: _job_lines([job]))
+
+
+@app.command()
+@guarded
+@remote()
+def kbs(client, as_json: JsonOption = False) -> None:
+    """List the coordinator's KBs: worker type, sizes, health and the job that trains each."""
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+
+    def lines(kbs: list[dict]) -> list[str]:
+        return [
+            f"{kb['name']:<12} {kb['worker_type']:<10} {kb['num_entities']:>7} entities {kb['num_relations']:>5} relations {kb['num_train']:>8} train  "
+            + ("healthy" if kb["healthy"] else f"unhealthy: {kb['unhealthy_reason']}")
+            + (f"  training in {kb['busy_with_job']}" if kb["busy_with_job"] else "")
+            + f"  {kb['data_dir']}"
+            for kb in kbs
+        ]
+
+    _emit(as_json, [_message(kb) for kb in client.stub.ListKBs(pb.ListKBsRequest(), timeout=client.timeout).kbs], lines)
+
+
+@app.command()
+@guarded
+@remote()
+def evaluate(
+    client,
+    kb: Annotated[str, typer.Argument(help="A registered KB.")],
+    split: Annotated[str, typer.Option("--split", help="valid or test.")] = "test",
+    as_json: JsonOption = False,
+) -> None:
+    """Filtered ranking metrics of a KB's current model on its valid or test split."""
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+    from kdmkb.services.client import metrics_dict
+
+    metrics = metrics_dict(client.stub.Evaluate(pb.EvaluateRequest(kb=kb, split=split), timeout=client.timeout).metrics)
+    _emit(as_json, {"kb": kb, "split": split, **metrics}, lambda m: [f"{kb} {split}: " + "  ".join(f"{key} {m[key]:.4f}" for key in ("mrr", "mr", "hits@1", "hits@3", "hits@10"))])
+
+
+@app.command()
+@guarded
+@remote()
 def predict(
-    kb: str,
-    head: str,
-    relation: str,
-    k: Annotated[int, typer.Option("-k", help="How many tails.")] = 10,
-    coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
-    token: TokenOption = None,
-    tls_ca: TLSCAOption = None,
-    tls_cert: TLSCertOption = None,
-    tls_key: TLSKeyOption = None,
+    client,
+    kb: Annotated[str, typer.Argument(help="A registered KB.")],
+    given_head: Annotated[Optional[str], typer.Argument(metavar="[HEAD]", help="The head (as --head).", show_default=False)] = None,
+    given_relation: Annotated[Optional[str], typer.Argument(metavar="[RELATION]", help="The relation (as --relation).", show_default=False)] = None,
+    head: Annotated[Optional[str], typer.Option("--head", help="Predict tails of (HEAD, RELATION, ?).")] = None,
+    tail: Annotated[Optional[str], typer.Option("--tail", help="Predict heads of (?, RELATION, TAIL).")] = None,
+    relation: Annotated[Optional[str], typer.Option("--relation", "-r", help="The relation.")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many entities.")] = 10,
+    as_json: JsonOption = False,
 ) -> None:
-    """Top-k tails for (HEAD, RELATION) in a KB."""
+    """Top-k tails of (HEAD, RELATION, ?) or, with --tail, heads of (?, RELATION, TAIL) in a KB."""
     from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 
-    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
-    response = client.stub.Predict(pb.PredictRequest(kb=kb, head=head, relation=relation, k=k))
-    for rank, p in enumerate(response.predictions, start=1):
-        typer.echo(f"{rank:>3}. {p.entity}\t{p.score:.4f}" + ("\t(known)" if p.known else ""))
-    client.close()
+    if given_head and head:
+        fail("HEAD: give the head as an argument or as --head, not both")
+    if given_relation and relation:
+        fail("RELATION: give the relation as an argument or as --relation, not both")
+    head, relation = head or given_head, relation or given_relation
+    if bool(head) == bool(tail):
+        fail("--head, --tail: give a head (to predict tails) or a tail (to predict heads), not both")
+    if not relation:
+        fail("--relation: missing (or give it after the head: kdmkb predict KB HEAD RELATION)")
+    response = client.stub.Predict(pb.PredictRequest(kb=kb, head=head or "", tail=tail or "", relation=relation, k=k), timeout=client.timeout)
+    predictions = [{"entity": p.entity, "score": p.score, "known": p.known} for p in response.predictions]
+    _emit(as_json, predictions, lambda ps: [f"{rank:>3}. {p['entity']}\t{p['score']:.4f}" + ("\t(known)" if p["known"] else "") for rank, p in enumerate(ps, start=1)])
 
 
 @app.command()
 @guarded
-def export(
-    kb: str,
-    out: Annotated[Path, typer.Option("--out", help="Output .npz file.")],
-    coordinator: RemoteCoordinatorOption = "127.0.0.1:50051",
-    token: TokenOption = None,
-    tls_ca: TLSCAOption = None,
-    tls_cert: TLSCertOption = None,
-    tls_key: TLSKeyOption = None,
-) -> None:
+@remote()
+def export(client, kb: str, out: Annotated[Path, typer.Option("--out", help="Output .npz file.")]) -> None:
     """Export a KB's embeddings with their names to an .npz file."""
-    client = _connect(coordinator, token, tls_ca, tls_cert, tls_key)
+    if not out.parent.is_dir():
+        fail(f"--out: folder {out.parent} does not exist")
     counts = client.export(kb, out)
-    client.close()
     typer.echo(f"wrote {', '.join(f'{n} {kind} vectors' for kind, n in counts.items())} to {out}")
+
+
+@app.command()
+@guarded
+def check(config: Annotated[Path, typer.Argument(help="TOML job file.")], as_json: JsonOption = False) -> None:
+    """Validate a job file, its worker settings, its KBs' data and its alignments here, without starting Ray; exit code 3 if anything is wrong."""
+    from kdmkb.services.check import check_job
+
+    if config.is_dir():
+        fail(f"{config} is a folder; give its job file (such as {config / 'job.toml'})", Exit.BAD_INPUT)
+    report = check_job(config)
+
+    def lines(found: dict) -> list[str]:
+        kbs = [f"kb {name}: {kb['worker_type']}, {kb['entities']} entities, {kb['relations']} relations, {kb['train']}/{kb['valid']}/{kb['test']} train/valid/test" for name, kb in found["kbs"].items()]
+        aligned = [f"alignment {' <-> '.join(a['kbs'])}: {a['entities']} entities, {a['relations']} relations" for a in found["alignments"]]
+        return [*kbs, *aligned, f"{config}: " + ("ok" if found["ok"] else f"{len(found['errors'])} problem(s)")]
+
+    _emit(as_json, report.as_dict(), lines)
+    if report.errors:
+        for error in report.errors:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(int(Exit.BAD_INPUT))
+
+
+config_app = typer.Typer(no_args_is_help=True, help="The settings models: every setting, its default and description.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+@guarded
+def config_show(
+    name: Annotated[Optional[str], typer.Argument(help="A worker type or a strategy; default: the [job] settings and the names of both.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every setting with its type, default and description; --json prints the JSON schema."""
+    from kdmkb.coordinator.strategies import STRATEGIES
+    from kdmkb.kb_worker.worker_types import WORKER_TYPES
+    from kdmkb.services.config import JobSettings
+
+    if name is None:
+        model, title = JobSettings, "[job] settings"
+    elif name in WORKER_TYPES:
+        model, title = WORKER_TYPES.get(name).settings_model, f"worker type {name!r}: [[kb]] settings"
+    elif name in STRATEGIES:
+        model, title = STRATEGIES.get(name).settings_model, f"strategy {name!r}: [strategy] settings"
+    else:
+        raise ConfigError(f"{name!r} is neither a worker type ({', '.join(WORKER_TYPES.names())}) nor a strategy ({', '.join(STRATEGIES.names())})")
+    if as_json:
+        return typer.echo(json.dumps(model.model_json_schema(), indent=2))
+    typer.echo(f"{title}:")
+    for field, info in model.model_fields.items():
+        default = "required" if info.is_required() else f"default {info.get_default(call_default_factory=True)!r}"
+        kind = info.annotation.__name__ if isinstance(info.annotation, type) else str(info.annotation).replace("typing.", "")
+        typer.echo(f"  {field} ({kind}, {default}): {info.description or ''}")
+    if name is None:
+        typer.echo(f"worker types: {', '.join(WORKER_TYPES.names())} (kdmkb config show TYPE)")
+        typer.echo(f"strategies: {', '.join(STRATEGIES.names())} (kdmkb config show STRATEGY)")
 
 
 features_app = typer.Typer(no_args_is_help=True, help="Per-entity feature matrices for a KB folder (features/<modality>.npy; docs/data.md).")
@@ -387,6 +645,19 @@ def cluster_down(state_dir: StateDirOption = Path(".kdmkb-cluster")) -> None:
     if survivors:
         fail(f"processes {survivors} survived SIGKILL")
     typer.echo("cluster stopped")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kdmkb import __version__
+
+        typer.echo(f"kdmkb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Knowledge-base embeddings that teach each other (KD-MKB) — one Ray actor per KB, a gRPC coordinator."""
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from kdmkb.coordinator.auth import Tokens
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-from kdmkb.services.cli import app
+from kdmkb.services.cli import Exit, app
 from kdmkb.services.client import CoordinatorClient
 from kdmkb.services.tls import ClientTLS, ServerTLS
 from kdmkb.services.wire import to_struct as struct
@@ -330,23 +330,23 @@ def test_the_cli_sends_its_token_and_speaks_tls(served, kbs, certificates, monke
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 2, result.output
     monkeypatch.setenv("KDMKB_TOKEN", RIGHT)
     result = runner.invoke(app, ["predict", "left", "usa", "embassy", "-c", served.tls, *tls])
-    assert result.exit_code == 2 and "PERMISSION_DENIED: Predict: this token owns none of 'left'" in result.stderr, result.output
+    assert result.exit_code == Exit.ERROR and "PERMISSION_DENIED: Predict: this token owns none of 'left'" in result.stderr, result.output
     monkeypatch.delenv("KDMKB_TOKEN")
     result = runner.invoke(app, ["status", "-c", served.plain])
-    assert result.exit_code == 2 and "UNAUTHENTICATED" in result.stderr, result.output
+    assert result.exit_code == Exit.ERROR and "UNAUTHENTICATED" in result.stderr, result.output
 
 
 def test_serve_refuses_before_starting_anything(served, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["serve", "--address", "0.0.0.0:0", "--data-dir", str(tmp_path / "state")])
-    assert result.exit_code == 2 and "without --tls-cert/--tls-key and --tokens needs --insecure" in result.stderr, result.output
+    assert result.exit_code == Exit.BAD_INPUT and "without --tls-cert/--tls-key and --tokens needs --insecure" in result.stderr, result.output
     result = runner.invoke(app, ["serve", "--address", "0.0.0.0:0", "--tokens", str(served.tokens_file), "--data-dir", str(tmp_path / "state")])
-    assert result.exit_code == 2 and "without --tls-cert/--tls-key needs --insecure" in result.stderr, result.output
+    assert result.exit_code == Exit.BAD_INPUT and "without --tls-cert/--tls-key needs --insecure" in result.stderr, result.output
     bad = tmp_path / "tokens.toml"
     bad.write_text(TOKENS.replace('role = "kb"\nkbs = ["right"]', 'role = "kb"'))
     result = runner.invoke(app, ["serve", "--tokens", str(bad), "--data-dir", str(tmp_path / "state")])
-    assert result.exit_code == 2 and f"{bad} line 11: token.kbs: a kb token must own at least one KB" in result.stderr, result.output
+    assert result.exit_code == Exit.BAD_INPUT and f"{bad} line 11: token.kbs: a kb token must own at least one KB" in result.stderr, result.output
     assert RIGHT not in result.output
     result = runner.invoke(app, ["serve", "--data-root", str(tmp_path / "missing"), "--data-dir", str(tmp_path / "state")])
-    assert result.exit_code == 2 and "--data-root" in result.stderr and "not a directory" in result.stderr, result.output
+    assert result.exit_code == Exit.USAGE and "--data-root" in result.stderr and "not a directory" in result.stderr, result.output
     assert not (tmp_path / "state").exists()

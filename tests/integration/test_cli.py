@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomli_w
 import tomllib
 from typer.testing import CliRunner
 
-from kdmkb.services.cli import app
+from kdmkb.services.cli import Exit, app
 from kdmkb.services.config import load_job_file
 from kdmkb.services.datasets import dataset_dir
 from kdmkb.services.split import split_dataset, write_job_file
@@ -47,8 +49,8 @@ def _malformed_dataset(folder: Path) -> Path:
     return folder
 
 
-def _assert_failed(result, *fragments: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output)
+def _assert_failed(result, *fragments: str, code: Exit = Exit.BAD_INPUT) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
     assert "Traceback" not in result.output
@@ -116,12 +118,12 @@ def test_split_rejects_a_missing_dataset_and_a_full_out_dir(cli, tmp_path):
 
 
 def test_installed_script_reports_errors_on_stderr(tmp_path):
-    """The ``kdmkb`` console script itself: exit code 2 and one line on stderr, no traceback."""
+    """The ``kdmkb`` console script itself: exit code 3 (bad data) and one line on stderr, no traceback."""
     dataset = _malformed_dataset(tmp_path / "dataset")
     script = Path(sys.executable).with_name("kdmkb")
     env = {**os.environ, "NO_COLOR": "1"}
     result = subprocess.run([str(script), "split", str(dataset), "--out", str(tmp_path / "kbs")], capture_output=True, text=True, timeout=120, env=env)
-    assert result.returncode == 2, result
+    assert result.returncode == Exit.BAD_INPUT, result
     assert "train.tsv line 7" in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "kbs").exists()
@@ -288,3 +290,168 @@ def test_status_predict_and_export_against_a_running_coordinator(cli, grpc_addre
 
     _assert_failed(cli("predict", "nope", "usa", "embassy", "--coordinator", grpc_address), "NOT_FOUND", "'nope'")
     _assert_failed(cli("status", "nope", "--coordinator", grpc_address), "NOT_FOUND", "job_id")
+
+
+def _json(result):
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_read_commands_in_text_and_json(cli, grpc_address, finished_job, kb_names):
+    """kbs, jobs, status, evaluate and predict (tails and heads) on the session's finished job, as text and as --json."""
+    from kdmkb.services.client import CoordinatorClient
+
+    kbs = _json(cli("kbs", "--json", "-c", grpc_address))
+    listed = {kb["name"]: kb for kb in kbs}
+    assert set(kb_names) <= set(listed) and all(listed[kb]["healthy"] and listed[kb]["num_train"] > 0 for kb in kb_names)
+    text = cli("kbs", "-c", grpc_address).stdout.splitlines()
+    assert any(line.split()[:2] == [kb_names[0], "transe"] and "healthy" in line for line in text), text
+
+    jobs = {job["job_id"]: job for job in _json(cli("jobs", "--json", "-c", grpc_address))}
+    assert jobs[finished_job.job_id]["state"] == "JOB_STATE_SUCCEEDED" and jobs[finished_job.job_id]["kbs"] == list(kb_names)
+    assert any(line.startswith(finished_job.job_id) and "SUCCEEDED" in line for line in cli("jobs", "-c", grpc_address).stdout.splitlines())
+    one = _json(cli("status", finished_job.job_id, "--json", "-c", grpc_address))
+    assert one["report"]["kbs"][kb_names[0]]["mrr"] == pytest.approx(finished_job.job.test_metrics[kb_names[0]].mrr)
+
+    valid = _json(cli("evaluate", kb_names[0], "--split", "valid", "--json", "-c", grpc_address))
+    assert valid["split"] == "valid" and 0 < valid["mrr"] <= 1 and valid["hits@1"] <= valid["hits@10"]
+    assert f"{kb_names[0]} valid: mrr {valid['mrr']:.4f}" in cli("evaluate", kb_names[0], "--split", "valid", "-c", grpc_address).stdout
+    _assert_failed(cli("evaluate", kb_names[0], "--split", "train", "-c", grpc_address), "INVALID_ARGUMENT", "split")
+
+    client = CoordinatorClient(grpc_address)
+    entities, vectors = client.embeddings(kb_names[0])["entity"]
+    relations, relation_vectors = client.embeddings(kb_names[0])["relation"]
+    client.close()
+    r = relation_vectors[relations.index("embassy")]
+    tails = _json(cli("predict", kb_names[0], "--head", "usa", "--relation", "embassy", "-k", 3, "--json", "-c", grpc_address))
+    heads = _json(cli("predict", kb_names[0], "--tail", "uk", "-r", "embassy", "-k", 3, "--json", "-c", grpc_address))
+    # TransE scores -||h + r - t||_1: the ranking the exported vectors give
+    by_tail = np.argsort(np.abs(vectors[entities.index("usa")] + r - vectors).sum(axis=1), kind="stable")[:3]
+    by_head = np.argsort(np.abs(vectors + r - vectors[entities.index("uk")]).sum(axis=1), kind="stable")[:3]
+    assert [p["entity"] for p in tails] == [entities[i] for i in by_tail]
+    assert [p["entity"] for p in heads] == [entities[i] for i in by_head]
+    positional = cli("predict", kb_names[0], "usa", "embassy", "-k", 3, "-c", grpc_address).stdout.splitlines()
+    assert [line.split()[1] for line in positional] == [p["entity"] for p in tails]
+    _assert_failed(cli("predict", kb_names[0], "--head", "usa", "--tail", "uk", "-r", "embassy", "-c", grpc_address), "--head, --tail", code=Exit.USAGE)
+
+
+def test_watch_and_stop(cli, stub, registered, grpc_address, finished_job, job_settings, kb_names):
+    """watch follows a job to its end (exit 0 when it succeeded, 5 when it was stopped); stop stops a job."""
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+    from kdmkb.services.wire import to_struct
+
+    done = cli("watch", finished_job.job_id, "-c", grpc_address)
+    assert done.exit_code == 0 and done.stdout.splitlines()[-1].startswith("SUCCEEDED"), done.output
+    events = [json.loads(line) for line in cli("watch", finished_job.job_id, "--json", "-c", grpc_address).stdout.splitlines()]
+    assert events[-1]["state"] == "JOB_STATE_SUCCEEDED" and events[-1]["round"] == finished_job.job.total_rounds
+
+    job = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=list(kb_names), settings=to_struct(job_settings))).job
+    stopped = _json(cli("stop", job.job_id, "--json", "-c", grpc_address))
+    assert stopped["job_id"] == job.job_id and stopped["state"] == "JOB_STATE_STOPPED"
+    assert stub.GetJob(pb.GetJobRequest(job_id=job.job_id)).job.state == pb.JOB_STATE_STOPPED
+    watched = cli("watch", job.job_id, "-c", grpc_address)
+    assert watched.exit_code == Exit.JOB_FAILED and watched.stdout.startswith("STOPPED"), watched.output
+    _assert_failed(cli("stop", "nope", "-c", grpc_address), "NOT_FOUND", "job_id")
+
+
+def test_exit_codes_tell_mistakes_apart(cli, tmp_path, job_file):
+    """Usage 2, bad input 3, no coordinator 4: each one red line that says what to do, no traceback."""
+    assert cli("jobs", "--no-such-option").exit_code == Exit.USAGE
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    for command in (["jobs"], ["kbs", "--json"], ["run", job_file]):
+        _assert_failed(cli(*command, "-c", address), f"coordinator unreachable at {address}", "kdmkb serve", code=Exit.UNREACHABLE)
+    _assert_failed(cli("run", job_file.parent), "is a folder", "job.toml")
+    _assert_failed(cli("export", "kb1", "--out", tmp_path / "missing" / "kb1.npz", "-c", address), "--out", "does not exist", code=Exit.USAGE)
+    _assert_failed(cli("run", job_file, "--report", tmp_path / "missing" / "r.json"), "--report", "does not exist", code=Exit.USAGE)  # before the job, not after
+
+
+def test_check_validates_locally_and_names_each_kb(cli, job_file, tmp_path, monkeypatch):
+    """check reads the job file, every KB folder and every alignment without starting Ray; each problem names its KB."""
+    import shutil
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("check started Ray")
+
+    monkeypatch.setattr("kdmkb.services.ray_runtime.ensure_ray", no_ray)
+    good = cli("check", job_file)
+    assert good.exit_code == 0 and good.stdout.splitlines()[-1] == f"{job_file}: ok", good.output
+    assert _json(cli("check", job_file, "--json"))["alignments"][0]["kbs"] == ["kb1", "kb2"]
+
+    copy = shutil.copytree(job_file.parent, tmp_path / "kbs")
+    train = (copy / "kb2" / "train.tsv").read_text(encoding="utf-8")
+    (copy / "kb2" / "train.tsv").write_text(train + "usa\tembassy\n", encoding="utf-8")
+    [entities] = (copy / "alignments").glob("*.entities.tsv")
+    entities.write_text(entities.read_text(encoding="utf-8") + "atlantis\tusa\n", encoding="utf-8")
+    bad = cli("check", copy / "job.toml")
+    assert bad.exit_code == Exit.BAD_INPUT, bad.output
+    assert "kb 'kb2'" in bad.stderr and "train.tsv line" in bad.stderr and "expected 3 tab-separated columns" in bad.stderr
+    found = json.loads(cli("check", copy / "job.toml", "--json").stdout)
+    assert found["ok"] is False and list(found["kbs"]) == ["kb1"] and len(found["errors"]) == 1, found  # kb2's alignment waits for kb2
+
+    (copy / "kb2" / "train.tsv").write_text(train, encoding="utf-8")
+    aligned = cli("check", copy / "job.toml")
+    assert aligned.exit_code == Exit.BAD_INPUT and "alignment[0] 'kb1' <-> 'kb2'" in aligned.stderr and "'atlantis'" in aligned.stderr, aligned.output
+    _assert_failed(cli("check", copy), "is a folder", "job.toml")
+
+
+def test_config_show_lists_every_setting_and_its_schema(cli):
+    from kdmkb.kb_worker.worker_types import WORKER_TYPES
+    from kdmkb.services.config import JobSettings
+
+    shown = cli("config", "show")
+    assert shown.exit_code == 0, shown.output
+    for name, field in JobSettings.model_fields.items():
+        assert f"  {name} (" in shown.stdout and field.description in shown.stdout, name
+    assert "worker types: " in shown.stdout and "transe" in shown.stdout
+    assert _json(cli("config", "show", "--json")) == json.loads(json.dumps(JobSettings.model_json_schema()))
+    transe = cli("config", "show", "transe")
+    assert "worker type 'transe'" in transe.stdout and all(f"  {name} (" in transe.stdout for name in WORKER_TYPES.get("transe").settings_model.model_fields)
+    assert "rounds" not in _json(cli("config", "show", "cooperative", "--json"))["properties"]
+    _assert_failed(cli("config", "show", "nope"), "'nope' is neither a worker type", "transe", "cooperative")
+
+
+def test_version(cli):
+    from importlib.metadata import version
+
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout == f"kdmkb {version('kdmkb')}\n"
+
+
+@pytest.mark.slow  # two new workers start, then a job runs until Ctrl-C
+def test_ctrl_c_on_a_remote_run_leaves_the_job_running(grpc_address, stub, tmp_path, worker_settings):
+    """The installed script: Ctrl-C while following a job on a running coordinator says how to follow or stop it; the job goes on."""
+    from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+
+    summary = split_dataset(NATIONS, tmp_path / "kbs", kbs=2, seed=3, names=["ctrlc1", "ctrlc2"])
+    job = write_job_file(summary, worker_settings=worker_settings, job={"rounds": 100_000, "steps_per_round": 3, "checkpoint_every": 0, "eval_every": 0})
+    before = {j.job_id for j in stub.ListJobs(pb.ListJobsRequest()).jobs}
+    script = Path(sys.executable).with_name("kdmkb")
+    process = subprocess.Popen([str(script), "run", str(job), "-c", grpc_address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    running = []
+    try:
+        deadline = time.monotonic() + 360  # two new workers start first: minutes on a busy machine
+        while not running and process.poll() is None and time.monotonic() < deadline:
+            running = [j.job_id for j in stub.ListJobs(pb.ListJobsRequest()).jobs if j.job_id not in before and j.state == pb.JOB_STATE_RUNNING and j.round > 0]
+            time.sleep(0.5)
+        assert running and process.poll() is None, process.returncode
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+        [job_id] = running
+        assert process.returncode == Exit.INTERRUPTED, stderr
+        assert f"job {job_id} keeps running on the coordinator at {grpc_address}" in stderr and f"kdmkb stop {job_id} -c {grpc_address}" in stderr, stderr
+        assert "Traceback" not in stderr
+        assert stub.GetJob(pb.GetJobRequest(job_id=job_id)).job.state == pb.JOB_STATE_RUNNING
+        stopped = CliRunner().invoke(app, ["stop", job_id, "-c", grpc_address])
+        assert stopped.exit_code == 0 and "STOPPED" in stopped.stdout, stopped.output
+    finally:
+        process.kill()
+        for job_id in running:
+            stub.StopJob(pb.StopJobRequest(job_id=job_id))
+
+
+def test_the_readme_documents_every_exit_code():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| exit code | meaning |", 1)[1].split("\n\n", 1)[0]
+    assert [int(row.split("|")[1]) for row in table.strip().splitlines()[1:]] == sorted(int(code) for code in Exit)

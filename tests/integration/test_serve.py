@@ -79,7 +79,7 @@ def test_cli_against_a_served_coordinator(tmp_path):
         assert predicted.returncode == 0, predicted.stderr
         assert len(predicted.stdout.strip().splitlines()) == 5
         unknown = kdmkb("predict", "west", "atlantis", "treaties", "--coordinator", server.address)
-        assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr and "atlantis" in unknown.stderr
+        assert unknown.returncode == 3 and "NOT_FOUND" in unknown.stderr and "atlantis" in unknown.stderr
 
         exported = kdmkb("export", "east", "--out", str(tmp_path / "east.npz"), "--coordinator", server.address)
         assert exported.returncode == 0, exported.stderr
