@@ -315,6 +315,10 @@ def run(
     the result there (:meth:`Result.save`); it is checked before the job starts.
     """
     job_file = _job_file(job)
+    if strategy is not None:  # refused here, not once a coordinator and its workers have started
+        from kdmkb.coordinator.strategies import validate_strategy_settings
+
+        validate_strategy_settings(strategy, {})
     if out is not None:
         check_out_dir(Path(out))
     if coordinator is not None:

@@ -365,6 +365,7 @@ def test_exit_codes_tell_mistakes_apart(cli, tmp_path, job_file):
     _assert_failed(cli("run", job_file.parent), "is a folder", "job.toml")
     _assert_failed(cli("export", "kb1", "--out", tmp_path / "missing" / "kb1.npz", "-c", address), "--out", "does not exist", code=Exit.USAGE)
     _assert_failed(cli("run", job_file, "--report", tmp_path / "missing" / "r.json"), "--report", "does not exist", code=Exit.USAGE)  # before the job, not after
+    _assert_failed(cli("run", job_file, "--strategy", "bogus"), "strategy: unknown strategy 'bogus'", "cooperative")
 
 
 def test_check_validates_locally_and_names_each_kb(cli, job_file, tmp_path, monkeypatch):
