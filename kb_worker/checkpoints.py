@@ -17,7 +17,7 @@ import torch
 from kdmkb.kb_worker.worker_types.base import RUNTIME_SETTINGS
 from kdmkb.services.errors import DataError
 
-REQUIRED = frozenset({"kb", "worker_type", "settings", "model", "optimizer", "step", "updates", "schedule", "teacher", "random"})
+REQUIRED = frozenset({"kb", "worker_type", "settings", "model", "optimizer", "step", "updates", "training_state", "schedule", "teacher", "random"})
 
 
 def path(directory: str | Path, round_: int) -> Path:

@@ -290,6 +290,7 @@ class KBWorker:
             "combination": learned.state_dict() if learned is not None else {},
             "step": self.step,
             "updates": model.updates,
+            "training_state": model.training_state(),
             "schedule": self.schedule.state(),
             "teacher": self.teacher.state(),
             "random": checkpoints.random_state(),
@@ -308,6 +309,7 @@ class KBWorker:
                 learned.load_state_dict(state.get("combination") or {})
             student.optimizer.load_state_dict(state["optimizer"])
             teacher.restore(state["teacher"])
+            model.load_training_state(state["training_state"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise DataError(f"{checkpoints.path(directory, round_)}: checkpoint does not fit KB {self.name!r} ({error})") from None
         self.model, self.teacher, self.student = model, teacher, student

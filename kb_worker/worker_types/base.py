@@ -147,6 +147,13 @@ class WorkerType(abc.ABC):
     def modules(self) -> torch.nn.Module:
         """The trainable module (its ``state_dict`` is the checkpoint)."""
 
+    def training_state(self) -> dict:
+        """What a resumed training needs besides the modules, the optimiser and the random generators (a memory bank, a task draw), for a checkpoint."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """Takes back what :meth:`training_state` returned."""
+
     def parameter_groups(self) -> list[dict]:
         """The optimiser's parameter groups; a type with parts that learn at other rates returns several."""
         return [{"params": [p for p in self.modules().parameters() if p.requires_grad], "lr": self.settings.learning_rate}]

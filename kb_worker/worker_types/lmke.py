@@ -228,6 +228,12 @@ class LMKEWorker(WorkerType):
     def modules(self) -> nn.Module:
         return self.model
 
+    def training_state(self) -> dict:
+        return {"bank": [list(entry) for entry in self._bank]}
+
+    def load_training_state(self, state: dict) -> None:
+        self._bank = [(int(updates), ids.to(self.device), keys.to(self.device)) for updates, ids, keys in state["bank"]]
+
     def parameter_groups(self) -> list[dict]:
         """The encoders (shared word embeddings once) at ``encoder_learning_rate``; tokens and matcher at ``learning_rate``."""
         settings: LMKESettings = self.settings  # type: ignore[assignment]

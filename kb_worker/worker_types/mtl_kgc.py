@@ -182,6 +182,14 @@ class MTLKGCWorker(WorkerType):
     def modules(self) -> nn.Module:
         return self.network
 
+    def training_state(self) -> dict:
+        return {"left": self.schedule.left, "generator": self.schedule.generator.get_state(), "step_task": list(self._step_task)}
+
+    def load_training_state(self, state: dict) -> None:
+        self.schedule.left = state["left"].clone()
+        self.schedule.generator.set_state(state["generator"])
+        self._step_task = (int(state["step_task"][0]), str(state["step_task"][1]))
+
     def parameter_groups(self) -> list[dict]:
         settings: MTLKGCSettings = self.settings  # type: ignore[assignment]
         heads = [p for name, module in self.network.items() if name not in ("encoder", "retriever") for p in module.parameters()]

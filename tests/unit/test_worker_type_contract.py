@@ -6,6 +6,7 @@ needs); without one, :func:`test_every_registered_worker_type_has_a_contract_cas
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -55,7 +56,7 @@ CASES: dict[str, tuple[dict, frozenset[str]]] = {
     "kd-distmult": ({"dim": 16}, frozenset()),
     "feature-mlp": ({"features": "numeric", "hidden": 8, "dim": 4}, frozenset({"features"})),
     "feature-complex": ({"features": "numeric", "rank": 4, "n3": 0.01, "init_scale": 0.3}, frozenset({"features"})),
-    "lmke": ({"encoder": TINY_ENCODER, "max_length": 32, "hidden": 16, "device": "cpu"}, frozenset({"texts"})),
+    "lmke": ({"encoder": TINY_ENCODER, "max_length": 32, "hidden": 16, "device": "cpu", "memory_bank": 2}, frozenset({"texts"})),
     "mtl-kgc": ({"encoder": TINY_ENCODER, "max_length": 32, "device": "cpu", "rerank_k": NUM_ENTITIES, "retriever_settings": {"dim": 4}}, frozenset({"texts"})),
 }
 
@@ -178,6 +179,36 @@ def test_train_scores_equal_the_own_loss_and_separate_scores(worker):
 
     for expected, got in zip(run(False), run(True), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_training_resumes_exactly_from_what_a_checkpoint_keeps(worker):
+    """Modules, optimiser, ``training_state`` and the random generator let a new worker go on exactly as the old one (a resumed job)."""
+    batch = torch.from_numpy(worker.kb.train[:8])
+
+    def steps(model: WorkerType, optimizer) -> None:
+        for _ in range(2):
+            loss = model.train_loss(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            model.updates += 1
+
+    optimizer = worker.optimizer()
+    steps(worker, optimizer)
+    saved = copy.deepcopy((worker.modules().state_dict(), optimizer.state_dict(), worker.training_state(), torch.get_rng_state(), worker.updates))
+    steps(worker, optimizer)
+    torch.manual_seed(11)
+    resumed = type(worker)(worker.kb, worker.settings)
+    resumed.modules().load_state_dict(saved[0])
+    resumed_optimizer = resumed.optimizer()
+    resumed_optimizer.load_state_dict(saved[1])
+    resumed.load_training_state(saved[2])
+    torch.set_rng_state(saved[3])
+    resumed.updates = saved[4]
+    steps(resumed, resumed_optimizer)
+    expected = worker.modules().state_dict()
+    for key, value in resumed.modules().state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
 
 
 def test_state_dict_round_trip_restores_every_score(worker):
