@@ -6,11 +6,15 @@ The same validators the coordinator and the workers run (the job file's models, 
 
 from __future__ import annotations
 
+import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdmkb.services.config import JobFile, load_job_file
-from kdmkb.services.errors import KdmkbError
+from kdmkb.services.errors import ConfigError, KdmkbError
+
+KB_FIELD = re.compile(r"kb(?:\[(\d+)\]|\.(\d+))[.:]")
 
 
 @dataclass
@@ -31,7 +35,10 @@ def check_job(path: Path | str) -> CheckReport:
     from kdmkb.coordinator.alignment import build_pair
     from kdmkb.kb_worker.data import load_kb
 
-    job_file = load_job_file(path)
+    try:
+        job_file = load_job_file(path)
+    except ConfigError as error:
+        raise ConfigError(_naming_kbs(str(error), path)) from None
     report = CheckReport(job_file)
     vocabularies = {}
     for entry in job_file.kb:
@@ -67,3 +74,18 @@ def check_job(path: Path | str) -> CheckReport:
             continue
         report.alignments.append({"kbs": [kb_a, kb_b], "entities": len(pair.entities), "relations": len(pair.relations)})
     return report
+
+
+def _naming_kbs(message: str, path: Path | str) -> str:
+    """Each ``kb[N]...`` / ``kb.N...`` problem of a job file's message prefixed with that KB's name (``kb 'wiki': kb[0].settings.dim: ...``)."""
+    try:
+        entries = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("kb", [])
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return message
+    names = [entry.get("name") if isinstance(entry, dict) else None for entry in entries] if isinstance(entries, list) else []
+    parts = []
+    for part in message.split("; "):
+        match = KB_FIELD.match(part)
+        index = int(match.group(1) or match.group(2)) if match else None
+        parts.append(f"kb {names[index]!r}: {part}" if index is not None and index < len(names) and names[index] else part)
+    return "; ".join(parts)

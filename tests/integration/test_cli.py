@@ -395,6 +395,10 @@ def test_check_validates_locally_and_names_each_kb(cli, job_file, tmp_path, monk
     aligned = cli("check", copy / "job.toml")
     assert aligned.exit_code == Exit.BAD_INPUT and "alignment[0] 'kb1' <-> 'kb2'" in aligned.stderr and "'atlantis'" in aligned.stderr, aligned.output
     _assert_failed(cli("check", copy), "is a folder", "job.toml")
+    raw = tomllib.loads((copy / "job.toml").read_text(encoding="utf-8"))
+    raw["kb"][1]["settings"]["dim"] = -1
+    (copy / "settings.toml").write_text(tomli_w.dumps(raw), encoding="utf-8")
+    _assert_failed(cli("check", copy / "settings.toml"), "kb 'kb2': kb[1].settings.dim: Input should be greater than 0")
 
 
 def test_config_show_lists_every_setting_and_its_schema(cli):

@@ -122,6 +122,18 @@ def test_the_wheel_holds_one_kdmkb_namespace_with_its_data(wheel):
     assert not missing, f"{len(missing)} data files missing from {wheel.name}: {missing}"
 
 
+def test_the_wheel_names_its_license_and_keeps_build_tools_out_of_the_runtime(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        dist_info = next(name.split("/")[0] for name in names if name.endswith(".dist-info/METADATA"))
+        metadata = archive.read(f"{dist_info}/METADATA").decode().splitlines()
+        license_text = archive.read(f"{dist_info}/licenses/LICENSE").decode()
+    assert "License-Expression: MIT" in metadata and license_text.startswith("MIT License")
+    requires = [line.removeprefix("Requires-Dist: ") for line in metadata if line.startswith("Requires-Dist: ")]
+    assert "grpcio-status==1.85.1" in requires
+    assert [line for line in requires if line.startswith("grpcio-tools")] == ['grpcio-tools==1.85.1; extra == "dev"'], requires
+
+
 @pytest.fixture(scope="module")
 def fresh_venv(wheel, tmp_path_factory) -> dict:
     """A new venv of the base interpreter with the wheel installed and the dependencies visible through a .pth file."""
