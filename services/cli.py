@@ -226,11 +226,11 @@ def split(
     seed: Annotated[int, typer.Option("--seed", help="Shuffle seed.")] = 0,
     align: Annotated[str, typer.Option("--align", help="Entity alignment: co-occurring, all, a fraction in (0,1] of the co-occurring entities, or co-occurring+F (those and F of the others).")] = "co-occurring",
 ) -> None:
-    """Cut a dataset into KBs as the KD-MKB paper does, with their alignments and a job.toml."""
+    """Cut a dataset into KBs as the KD-MKB paper does, with their alignments and a job.toml that shows every setting with its default."""
     from kdmkb.services.split import split_dataset, write_job_file
 
     summary = split_dataset(dataset_dir, out, kbs=kbs, seed=seed, align=align)
-    write_job_file(summary)
+    write_job_file(summary, effective=True)
     for name in summary.kb_names:
         typer.echo(f"{name}: {summary.train_counts[name]} train triples")
     for (a, b), (entities, relations) in summary.pair_counts.items():

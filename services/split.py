@@ -251,8 +251,15 @@ def job_file_dict(summary: SplitSummary, *, strategy: str = "cooperative", worke
     }
 
 
-def write_job_file(summary: SplitSummary, **options) -> Path:
-    """Writes ``job.toml`` next to the split so that ``kdmkb run OUT/job.toml`` runs it."""
+def write_job_file(summary: SplitSummary, *, effective: bool = False, **options) -> Path:
+    """Writes ``job.toml`` next to the split so that ``kdmkb run OUT/job.toml`` runs it.
+
+    ``effective`` writes every setting out with its default (job, strategy, worker type), so a
+    reader sees what will run and what can be changed; otherwise only those given in ``options``.
+    """
+    from kdmkb.services.config import JobFile, validate
+
+    raw = job_file_dict(summary, **options)
     path = summary.out_dir / "job.toml"
-    path.write_text(tomli_w.dumps(job_file_dict(summary, **options)), encoding="utf-8")
+    path.write_text(tomli_w.dumps(validate(JobFile, raw).filled() if effective else raw), encoding="utf-8")
     return path

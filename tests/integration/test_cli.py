@@ -17,8 +17,9 @@ import tomli_w
 import tomllib
 from typer.testing import CliRunner
 
+from kdmkb.kb_worker.worker_types import WORKER_TYPES
 from kdmkb.services.cli import Exit, app
-from kdmkb.services.config import load_job_file
+from kdmkb.services.config import JobSettings, load_job_file
 from kdmkb.services.datasets import dataset_dir
 from kdmkb.services.split import split_dataset, write_job_file
 
@@ -77,6 +78,9 @@ def test_split_writes_kbs_and_a_job_file(cli, tmp_path):
     assert f"kdmkb run {job_file}" in result.stdout
     raw = tomllib.loads(job_file.read_text())
     assert raw["strategy"] == "cooperative"
+    # every setting is there to read and change, with its default
+    assert raw["job"] == JobSettings().model_dump(mode="json") and raw["strategy_settings"]["exchange"] == "push"
+    assert all(kb["settings"]["dim"] == WORKER_TYPES.get("transe").settings_model().dim for kb in raw["kb"])
     job = load_job_file(job_file)
     assert [kb.name for kb in job.kb] == ["kb1", "kb2", "kb3"]
     assert all(kb.data == (out / kb.name).resolve() and kb.data.is_dir() for kb in job.kb)
