@@ -312,14 +312,18 @@ def test_streams_never_starve_the_server(ray_session, nations_split, kb_names, w
         job = coordinator.create_job("none", [name], {**job_settings, "rounds": 100_000, "steps_per_round": 20, "eval_every": 0})
         coordinator.start_job(job.job_id)
         predict = pb.PredictRequest(kb=name, head="usa", relation="treaties", k=3)
-        stub.Predict(predict, timeout=TIMEOUT)  # the first one waits for the job's first round (the worker's warm-up)
+        deadline = time.monotonic() + TIMEOUT
+        while coordinator.job(job.job_id).round < 1:  # the worker has a model (and its Predict snapshot) once a round has ended
+            assert time.monotonic() < deadline, "the job's first round did not end"
+            time.sleep(0.1)
+        stub.Predict(predict, timeout=TIMEOUT)
         for _ in range(streams):
             opened.append(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
             next(opened[-1])  # the server has given it a thread
         for call in (
             lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=1),
             lambda: stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=1),
-            lambda: stub.Predict(predict, timeout=1),  # waits for the round in progress, then answers
+            lambda: stub.Predict(predict, timeout=1),  # answered from the model's snapshot, not after the round in progress
         ):
             started = time.perf_counter()
             call()
