@@ -345,10 +345,12 @@ class Coordinator:
         workers = {name: self._kb(name, "kbs").handle for name in job.kbs}
         views = merge(job.kbs, self._job_alignments(job.kbs))
         runner = JobRunner(job, workers, views, self.store, self._export_job_states, resume, self.revive_dead)
-        job.state, job.error = "RUNNING", ""
         for channel in self._waiting.pop(job.job_id, []):
             runner.subscribe(channel)
+        # the runner is findable before the job reads RUNNING: a watcher polling in between would
+        # otherwise take a RUNNING job without a runner for one stopped before it started
         self._runners[job.job_id] = runner
+        job.state, job.error = "RUNNING", ""
         runner.start()
 
     def stop_job(self, job_id: str) -> Job:
