@@ -58,7 +58,7 @@ base_id=$(docker image inspect --format '{{.Id}}' "$base")
 # -- kdmkb: every requirement of pyproject.toml as a wheel, CPU torch ------------------------
 "$python" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"]))' >"$stage/requirements.txt"
 wheels_key=$(content_hash "$stage/requirements.txt")
-sources=$(content_hash pyproject.toml README.md kdmkb kb_worker coordinator services protos deploy/images/kdmkb.Dockerfile .dockerignore)
+sources=$(content_hash pyproject.toml README.md kdmkb kb_worker coordinator services protos deploy/__init__.py deploy/prometheus deploy/grafana deploy/images/kdmkb.Dockerfile .dockerignore)
 tag=kdmkb:$(echo "$base_id $wheels_key $sources" | sha256sum | cut -c1-16)
 if ! have_image "$tag"; then
     wheelhouse=$cache/wheelhouse-$wheels_key

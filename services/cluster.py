@@ -154,6 +154,8 @@ def cluster_up(
     if (state_dir / STATE_FILE).is_file():
         raise PreconditionError(f"a cluster is recorded in {state_dir / STATE_FILE}; run `kdmkb cluster down --state-dir {state_dir}` first")
     prometheus = prometheus_tool("prometheus")
+    if not ALERT_RULES.is_file():
+        raise ConfigError(f"the alert rules {ALERT_RULES} are missing: this kdmkb installation lacks the data of kdmkb.deploy; reinstall kdmkb")
     ray = _ray_command()
     ports = {key: port or free_port() for key, port in (("ray", ray_port), ("coordinator", coordinator_port), ("metrics", metrics_port), ("prometheus", prometheus_port))}
     state = {
@@ -212,8 +214,7 @@ def _start_coordinator(launcher: _Launcher, timeout: float) -> None:
 def _start_prometheus(launcher: _Launcher, binary: Path, scrape_interval: str, timeout: float) -> None:
     """Scrapes the coordinator, and the workers through the targets file the coordinator keeps in its data dir."""
     state = launcher.state
-    rules = [str(ALERT_RULES)] if ALERT_RULES.is_file() else []
-    config = prometheus_config(state["coordinator_metrics"], str(Path(state["data_dir"]) / "prometheus_targets.json"), rules, scrape_interval)
+    config = prometheus_config(state["coordinator_metrics"], str(Path(state["data_dir"]) / "prometheus_targets.json"), [str(ALERT_RULES)], scrape_interval)
     config_file = launcher.state_dir / "prometheus.yml"
     config_file.write_text(json.dumps(config, indent=1), encoding="utf-8")  # JSON is YAML
     command = [

@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 # `make tools` unpacks Debian's prometheus package here.
 PROJECT_TOOLS = REPO / ".tools" / "prometheus" / "usr" / "bin"
 TOOLS_ENV = "KDMKB_PROMETHEUS_BIN"
+# deploy/ is the package data of kdmkb.deploy, a sibling of kdmkb.services both in the repository
+# (deploy/, services/) and installed (kdmkb/deploy/, kdmkb/services/): one copy for compose and wheels.
 ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 COORDINATOR_JOB = "kdmkb-coordinator"
 WORKERS_JOB = "kdmkb-workers"

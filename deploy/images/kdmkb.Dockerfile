@@ -31,6 +31,7 @@ COPY coordinator /opt/kdmkb/coordinator
 COPY services /opt/kdmkb/services
 COPY protos /opt/kdmkb/protos
 COPY kdmkb /opt/kdmkb/kdmkb
+COPY deploy /opt/kdmkb/deploy
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /opt/kdmkb && rm -rf /opt/kdmkb
 USER kdmkb
 WORKDIR /home/kdmkb

@@ -117,7 +117,10 @@ def test_the_wheel_holds_one_kdmkb_namespace_with_its_data(wheel):
     # Data the code reads at run time: every packaged dataset file and every .proto, under kdmkb/<room>/.
     data = [path for path in (ROOT / "services" / "datasets").rglob("*") if path.is_file() and path.suffix in {".tsv", ".gz", ".md"}]
     data += list((ROOT / "protos").rglob("*.proto"))
+    # The monitoring configuration (`kdmkb cluster up` reads the alert rules), installed as kdmkb/deploy/.
+    data += [path for path in (ROOT / "deploy").rglob("*") if path.is_file() and path.suffix in {".yml", ".json"}]
     assert (ROOT / "services/datasets/umls/train.tsv") in data and any(path.suffix == ".proto" for path in data)
+    assert {"kdmkb/deploy/prometheus/alerts.yml", "kdmkb/deploy/grafana/dashboards/kdmkb.json"} <= set(names)
     missing = sorted(f"kdmkb/{path.relative_to(ROOT).as_posix()}" for path in data if f"kdmkb/{path.relative_to(ROOT).as_posix()}" not in names)
     assert not missing, f"{len(missing)} data files missing from {wheel.name}: {missing}"
 
@@ -130,7 +133,7 @@ def test_the_wheel_names_its_license_and_keeps_build_tools_out_of_the_runtime(wh
         license_text = archive.read(f"{dist_info}/licenses/LICENSE").decode()
     assert "License-Expression: MIT" in metadata and license_text.startswith("MIT License")
     requires = [line.removeprefix("Requires-Dist: ") for line in metadata if line.startswith("Requires-Dist: ")]
-    assert "grpcio-status==1.85.1" in requires
+    assert "grpcio-status<2,>=1.85.1" in requires and "torch==2.13.0" in requires
     assert [line for line in requires if line.startswith("grpcio-tools")] == ['grpcio-tools==1.85.1; extra == "dev"'], requires
 
 
@@ -200,6 +203,18 @@ def test_the_installed_package_comes_from_the_wheel(fresh_venv, decoys):
     assert found["version"] == _pyproject()["project"]["version"], found
     assert found["editable"] == [] and found["bare"] == [], found
     assert Path(found["umls"]).is_file(), f"packaged dataset not installed: {found['umls']}"
+
+
+ALERT_RULES = "from kdmkb.services.cluster import ALERT_RULES; print(ALERT_RULES)"
+
+
+def test_cluster_up_finds_its_alert_rules_in_the_installed_package(fresh_venv, decoys):
+    result = _check([fresh_venv["python"], "-c", ALERT_RULES], cwd=decoys, env=_decoy_env(decoys), timeout=300)
+    _assert_no_decoy_imported(decoys)
+    rules = result.stdout.strip().splitlines()[-1]
+    installed = fresh_venv["site_packages"].resolve() / "kdmkb" / "deploy" / "prometheus" / "alerts.yml"
+    assert Path(rules).resolve() == installed, rules
+    assert installed.read_text(encoding="utf-8") == (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
 
 
 def test_python_dash_m_kdmkb_help(fresh_venv, decoys):

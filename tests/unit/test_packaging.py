@@ -8,6 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOMS = ("services", "kb_worker", "coordinator", "protos")
+# deploy/ holds no code: it is installed as kdmkb.deploy for its data (the monitoring configuration).
+PACKAGE_FOLDERS = (*ROOMS, "deploy")
 BARE_IMPORT = re.compile(rf"^\s*(from|import) ({'|'.join(ROOMS)})(\.|\s|$)", re.MULTILINE)
 
 
@@ -18,9 +20,9 @@ def _setuptools() -> dict:
 def test_every_package_folder_is_installed_under_kdmkb():
     config = _setuptools()
     mapping = config["package-dir"]
-    assert set(mapping) == {"kdmkb", *(f"kdmkb.{room}" for room in ROOMS)}
+    assert set(mapping) == {"kdmkb", *(f"kdmkb.{room}" for room in PACKAGE_FOLDERS)}
     found = {"kdmkb"}
-    for room in ROOMS:
+    for room in PACKAGE_FOLDERS:
         for init in (ROOT / room).rglob("__init__.py"):
             found.add(".".join(("kdmkb", room, *init.parent.relative_to(ROOT / room).parts)))
     assert set(config["packages"]) == found, "pyproject.toml [tool.setuptools] packages must list every package folder"
