@@ -647,6 +647,24 @@ def cluster_down(state_dir: StateDirOption = Path(".kdmkb-cluster")) -> None:
     typer.echo("cluster stopped")
 
 
+tools_app = typer.Typer(no_args_is_help=True, help="Tools kdmkb runs but does not install with pip.")
+app.add_typer(tools_app, name="tools")
+
+
+@tools_app.command("prometheus")
+@guarded
+def tools_prometheus(
+    folder: Annotated[Optional[Path], typer.Option("--dir", help="Unpack here instead of $XDG_DATA_HOME/kdmkb/prometheus (~/.local/share/kdmkb/prometheus), where kdmkb looks by itself.")] = None,
+) -> None:
+    """Fetch Prometheus and promtool for `kdmkb cluster up`: Debian's prometheus package, unpacked into a user folder (needs apt-get and dpkg; installs nothing system-wide)."""
+    from kdmkb.services.prometheus import TOOLS_ENV, install_prometheus, user_tools_dir
+
+    binaries = install_prometheus(folder)
+    typer.echo(f"prometheus and promtool in {binaries}")
+    if folder is not None and Path(folder).resolve() != user_tools_dir().resolve():
+        typer.echo(f"kdmkb finds them there with: export {TOOLS_ENV}={binaries}")
+
+
 def _version(value: bool) -> None:
     if value:
         from kdmkb import __version__
