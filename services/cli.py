@@ -622,16 +622,18 @@ def cluster_up(
     coordinator_port: Annotated[int, typer.Option("--coordinator-port", help="Coordinator gRPC port.")] = 50051,
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Coordinator /metrics port.")] = 9400,
     prometheus_port: Annotated[int, typer.Option("--prometheus-port", help="Prometheus web/API port.")] = 9090,
+    dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="Ray's dashboard port.")] = 8265,
     scrape_interval: Annotated[str, typer.Option("--scrape-interval", help="Prometheus scrape and rule evaluation interval.")] = "5s",
     data_root: Annotated[Optional[list[Path]], typer.Option("--data-root", help="The coordinator's data roots (kdmkb serve --data-root); default: the current directory.")] = None,
 ) -> None:
     """Start the local cluster on 127.0.0.1 and return once every part is ready."""
     from kdmkb.services.cluster import cluster_up as up
 
-    state = up(state_dir, [name.strip() for name in kbs.split(",") if name.strip()], ray_port, coordinator_port, metrics_port, prometheus_port, scrape_interval, data_roots=data_root)
+    state = up(state_dir, [name.strip() for name in kbs.split(",") if name.strip()], ray_port, coordinator_port, metrics_port, prometheus_port, dashboard_port, scrape_interval, data_roots=data_root)
     typer.echo(f"ray:         {state['ray_address']}  (nodes: head, {', '.join(f'{kb} with {r}' for kb, r in state['resources'].items())})")
     typer.echo(f"coordinator: {state['coordinator']}  (data: {state['data_dir']}, data roots: {', '.join(state['data_roots'])}, metrics: {state['coordinator_metrics']})")
-    typer.echo(f"prometheus:  {state['prometheus']}")
+    typer.echo(f"prometheus:  {state['prometheus']}  (scrapes kdmkb and Ray)")
+    typer.echo(f"ray dashboard: {state['ray_dashboard']}")
     typer.echo(f"register a KB with its resource (RegisterKB resource=\"kb:<name>\"); stop with: kdmkb cluster down --state-dir {state_dir}")
 
 

@@ -28,6 +28,8 @@ from kdmkb.services.ray_runtime import WORKER_ENV
 
 HOST = "127.0.0.1"
 STATE_FILE = "cluster.json"
+# Ray's dashboard keeps this file (Prometheus file_sd form) in the temp dir: every node's metrics agent.
+RAY_METRICS_TARGETS = "prom_metrics_service_discovery.json"
 RAY_STARTED = "Ray runtime started"
 COORDINATOR_STARTED = "coordinator listening on"
 
@@ -134,6 +136,7 @@ def cluster_up(
     coordinator_port: int = 50051,
     metrics_port: int = 9400,
     prometheus_port: int = 9090,
+    dashboard_port: int = 8265,
     scrape_interval: str = "5s",
     object_store_mb: int = 200,
     timeout: float = 120.0,
@@ -157,12 +160,13 @@ def cluster_up(
     if not ALERT_RULES.is_file():
         raise ConfigError(f"the alert rules {ALERT_RULES} are missing: this kdmkb installation lacks the data of kdmkb.deploy; reinstall kdmkb")
     ray = _ray_command()
-    ports = {key: port or free_port() for key, port in (("ray", ray_port), ("coordinator", coordinator_port), ("metrics", metrics_port), ("prometheus", prometheus_port))}
+    ports = {key: port or free_port() for key, port in (("ray", ray_port), ("coordinator", coordinator_port), ("metrics", metrics_port), ("prometheus", prometheus_port), ("dashboard", dashboard_port))}
     state = {
         "ray_address": f"{HOST}:{ports['ray']}",
         "coordinator": f"{HOST}:{ports['coordinator']}",
         "coordinator_metrics": f"{HOST}:{ports['metrics']}",
         "prometheus": f"http://{HOST}:{ports['prometheus']}",
+        "ray_dashboard": f"http://{HOST}:{ports['dashboard']}",
         "data_dir": str(state_dir / "coordinator"),
         "data_roots": [str(Path(root).resolve()) for root in data_roots or [Path.cwd()]],
         # Short: Ray's unix socket paths under it must stay below 108 characters.
@@ -190,7 +194,7 @@ def _start_ray_nodes(launcher: _Launcher, ray: str, object_store_mb: int, timeou
     env = {**WORKER_ENV, "KDMKB_METRICS_HOST": HOST}
     head_port = state["ray_address"].rsplit(":", 1)[1]
     common = ["--block", f"--node-ip-address={HOST}", "--num-cpus=1", f"--object-store-memory={object_store_mb * 2**20}", "--disable-usage-stats"]
-    nodes = [("ray-head", ["--head", f"--port={head_port}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}", f"--temp-dir={state['ray_temp_dir']}"])]
+    nodes = [("ray-head", ["--head", f"--port={head_port}", "--include-dashboard=true", f"--dashboard-host={HOST}", f"--dashboard-port={state['ray_dashboard'].rsplit(':', 1)[1]}", f"--ray-client-server-port={free_port()}", f"--temp-dir={state['ray_temp_dir']}"])]
     nodes += [(f"ray-node-{name}", [f"--address={state['ray_address']}", f"--resources={json.dumps({resource: 1})}"]) for name, resource in state["resources"].items()]
     for name, own in nodes:
         process = launcher.start(name, [ray, "start", *own, *common, f"--dashboard-agent-listen-port={free_port()}"], env)
@@ -212,9 +216,11 @@ def _start_coordinator(launcher: _Launcher, timeout: float) -> None:
 
 
 def _start_prometheus(launcher: _Launcher, binary: Path, scrape_interval: str, timeout: float) -> None:
-    """Scrapes the coordinator, and the workers through the targets file the coordinator keeps in its data dir."""
+    """Scrapes the coordinator, the workers through the targets file the coordinator keeps in its
+    data dir, and the Ray nodes through the one Ray's dashboard keeps in its temp dir."""
     state = launcher.state
-    config = prometheus_config(state["coordinator_metrics"], str(Path(state["data_dir"]) / "prometheus_targets.json"), [str(ALERT_RULES)], scrape_interval)
+    ray_targets = str(Path(state["ray_temp_dir"]) / RAY_METRICS_TARGETS)
+    config = prometheus_config(state["coordinator_metrics"], str(Path(state["data_dir"]) / "prometheus_targets.json"), [str(ALERT_RULES)], scrape_interval, ray_targets)
     config_file = launcher.state_dir / "prometheus.yml"
     config_file.write_text(json.dumps(config, indent=1), encoding="utf-8")  # JSON is YAML
     command = [

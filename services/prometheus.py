@@ -23,23 +23,26 @@ TOOLS_ENV = "KDMKB_PROMETHEUS_BIN"
 ALERT_RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 COORDINATOR_JOB = "kdmkb-coordinator"
 WORKERS_JOB = "kdmkb-workers"
+RAY_JOB = "ray"
 
 
-def prometheus_config(coordinator: str, targets_file: str, rule_files: list[str], interval: str = "15s") -> dict:
-    """Scrapes the coordinator at ``coordinator`` and every KB worker listed in ``targets_file``.
+def prometheus_config(coordinator: str, targets_file: str, rule_files: list[str], interval: str = "15s", ray_targets_file: str | None = None) -> dict:
+    """Scrapes the coordinator at ``coordinator`` and every KB worker listed in ``targets_file``,
+    and with ``ray_targets_file`` every Ray node's own metrics as scrape job ``ray``.
 
     The coordinator rewrites ``targets_file`` (file_sd form) whenever a KB's worker is started,
     so a worker that moves to another node or port is still scraped. ``honor_labels`` keeps
-    the metrics' own ``job`` label (the kdmkb job id) instead of the scrape job's name.
+    the metrics' own ``job`` label (the kdmkb job id) instead of the scrape job's name. Ray's
+    dashboard keeps ``ray_targets_file`` (``prom_metrics_service_discovery.json`` in its temp dir)
+    listing each node's metrics agent.
     """
-    return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": list(rule_files),
-        "scrape_configs": [
-            {"job_name": COORDINATOR_JOB, "honor_labels": True, "static_configs": [{"targets": [coordinator]}]},
-            {"job_name": WORKERS_JOB, "honor_labels": True, "file_sd_configs": [{"files": [targets_file], "refresh_interval": "30s"}]},
-        ],
-    }
+    scrape = [
+        {"job_name": COORDINATOR_JOB, "honor_labels": True, "static_configs": [{"targets": [coordinator]}]},
+        {"job_name": WORKERS_JOB, "honor_labels": True, "file_sd_configs": [{"files": [targets_file], "refresh_interval": "30s"}]},
+    ]
+    if ray_targets_file:
+        scrape.append({"job_name": RAY_JOB, "file_sd_configs": [{"files": [ray_targets_file], "refresh_interval": "30s"}]})
+    return {"global": {"scrape_interval": interval, "evaluation_interval": interval}, "rule_files": list(rule_files), "scrape_configs": scrape}
 
 
 def user_tools_dir() -> Path:

@@ -65,7 +65,7 @@ def test_local_cluster_runs_a_job_across_ray_nodes_and_prometheus_sees_every_kb(
     for kb in spec["kb"]:
         kb["resource"] = f"kb:{kb['name']}"
     state_dir = tmp_path / "cluster"
-    ports = ["--ray-port", "0", "--coordinator-port", "0", "--metrics-port", "0", "--prometheus-port", "0"]
+    ports = ["--ray-port", "0", "--coordinator-port", "0", "--metrics-port", "0", "--prometheus-port", "0", "--dashboard-port", "0"]
     up = kdmkb("cluster", "up", "--kbs", ",".join(KBS), "--state-dir", str(state_dir), *ports, "--scrape-interval", "1s", "--data-root", str(tmp_path / "kbs"))
     state = json.loads((state_dir / STATE_FILE).read_text()) if (state_dir / STATE_FILE).is_file() else None
     try:
@@ -88,6 +88,10 @@ def test_local_cluster_runs_a_job_across_ray_nodes_and_prometheus_sees_every_kb(
         print(f"PromQL {query} -> {json.dumps([{'metric': s['metric'], 'value': s['value'][1]} for s in series])}")
         assert len(wait_for_series(state["prometheus"], 'up{job="kdmkb-workers"} == 1', len(KBS))) == len(KBS)
         assert wait_for_series(state["prometheus"], f'kdmkb_coordinator_job_state{{job="{job.job_id}", state="SUCCEEDED"}} == 1', 1)
+        # Ray's own metrics beside kdmkb's: every node's metrics agent, from the dashboard's targets file.
+        assert len(wait_for_series(state["prometheus"], 'up{job="ray"} == 1', 1 + len(KBS), timeout=60)) >= 1 + len(KBS)
+        with urllib.request.urlopen(f"{state['ray_dashboard']}/api/version", timeout=10) as response:
+            assert response.status == 200 and "ray_version" in json.load(response)
     finally:
         down = kdmkb("cluster", "down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stdout + down.stderr
