@@ -33,13 +33,15 @@ class Served:
         command = [sys.executable, "-m", "kdmkb", "serve", "--address", "127.0.0.1:0", "--metrics-port", "0", "--data-dir", str(data_dir), *options]
         env = {**os.environ, "KDMKB_LOG_LEVEL": "WARNING"}
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        said = []
         for line in self.process.stderr:
+            said.append(line)
             match = LISTENING.search(line)
             if match:
                 self.address = match.group(1)
                 break
         else:
-            raise AssertionError(f"kdmkb serve ended before listening (exit code {self.process.wait()})")
+            raise AssertionError(f"kdmkb serve ended before listening (exit code {self.process.wait()}):\n" + "".join(said[-30:]))
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
 
