@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install tools demo test protos
+.PHONY: install tools node demo test protos
 
 $(BIN)/kdmkb: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,21 @@ $(PROMETHEUS):
 
 tools: $(PROMETHEUS)
 
+# The Node.js example's packages (tests/integration/test_node_client.py), installed here, outside
+# the loopback-only namespace the tests run in; skipped where npm is missing (the test skips too).
+NODE_MODULES := examples/node/node_modules/.package-lock.json
+
+$(NODE_MODULES): examples/node/package-lock.json
+	if command -v npm >/dev/null; then cd examples/node && npm ci --ignore-scripts --no-audit --no-fund; fi
+
+node: $(NODE_MODULES)
+
 demo: install
 	$(BIN)/kdmkb demo --report kdmkb-demo-report.json
 
 # Ray advertises the machine's interface address even when told 127.0.0.1, so the suite runs
 # in a fresh network namespace where only loopback exists (see README, "Tests").
-test: install tools
+test: install tools node
 	scripts/loopback-only $(BIN)/python -m pytest -q
 
 protos: install
