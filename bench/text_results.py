@@ -122,9 +122,13 @@ def federation_job_file(name: str, row: dict, folder: Path, state: Path) -> Path
     return path
 
 
-def _record_sitting(folder: Path, started: float, finished: bool, returncode: int) -> None:
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
+
+
+def _record_sitting(folder: Path, started: float, commit: str, finished: bool, returncode: int) -> None:
+    """One line per sitting: its wall seconds, the load at its end and the commit its code was read from (at its start)."""
     with (folder / "sittings.jsonl").open("a", encoding="utf-8") as out:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True).stdout.strip()
         record = {"started": started, "seconds": time.time() - started, "load_average": os.getloadavg(), "finished": finished, "returncode": returncode, "commit": commit}
         out.write(json.dumps(record) + "\n")
 
@@ -136,10 +140,10 @@ def run_row(name: str, state: Path) -> None:
         print(f"{name}: finished earlier ({report})")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    started, commit = time.time(), _commit()
     if name == ZERO_SHOT:
         report.write_text(json.dumps(zero_shot(), indent=2) + "\n", encoding="utf-8")
-        _record_sitting(folder, started, True, 0)
+        _record_sitting(folder, started, commit, True, 0)
         return
     job = federation_job_file(name, FEDERATION[name], folder, state) if name in FEDERATION else job_file(name, ROWS[name], folder)
     command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job), "--data-dir", str(folder / "data"), "--report", str(report)]
@@ -148,7 +152,7 @@ def run_row(name: str, state: Path) -> None:
         returncode = subprocess.call(command)
     except KeyboardInterrupt:
         returncode = 130
-    _record_sitting(folder, started, report.exists(), returncode)
+    _record_sitting(folder, started, commit, report.exists(), returncode)
     if returncode:
         raise SystemExit(f"{name}: kdmkb run exited {returncode}; run the same command again to continue from the last checkpoint")
 
