@@ -205,6 +205,29 @@ def zero_shot() -> dict:
     return {"strategy": "none", "state": "SUCCEEDED", "rounds": 0, "kbs": {"minilm-zero-shot": _report_keys(metrics)}}
 
 
+def check(name: str, state: Path, split: str) -> None:
+    """Ranks ``split`` with an unfinished row's newest checkpoint (how far it has come), by the same evaluator."""
+    import torch
+
+    from kdmkb.kb_worker.data import load_kb
+    from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
+    from kdmkb.kb_worker.worker_types import WORKER_TYPES
+
+    torch.set_num_threads(2)
+    row = ROWS[name]
+    found = sorted((state / name / "data" / "checkpoints").glob("*/*/round-*.pt"))
+    if not found:
+        raise SystemExit(f"{name}: no checkpoint under {state / name / 'data'} yet")
+    kb = load_kb(row["data"])
+    cls = WORKER_TYPES.get(row["worker_type"])
+    worker = cls(kb, cls.validate_settings({**row["settings"], "device": "cpu"}))
+    worker.modules().load_state_dict(torch.load(found[-1], weights_only=False)["model"])
+    worker.modules().eval()
+    with torch.no_grad():
+        metrics = evaluate_ranking(worker.score, kb.split(split), KnownAnswers(kb.known_triples(), len(kb.entities), len(kb.relations)), batch_size=64)
+    print(f"{name} {found[-1].name} {split}: MRR {metrics.mrr:.4f} MR {metrics.mr:.2f} H@1 {metrics.hits_at_1:.4f} H@10 {metrics.hits_at_10:.4f}")
+
+
 def _report_keys(metrics: dict) -> dict:
     """Evaluator metrics under the report's names (kdmkb run's report.json)."""
     named = {"mrr": metrics["mrr"], "mr": metrics["mr"], "hits@1": metrics["hits_at_1"], "hits@3": metrics["hits_at_3"], "hits@10": metrics["hits_at_10"]}
@@ -260,6 +283,9 @@ def main() -> None:
     run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join([*ROWS, ZERO_SHOT, *FEDERATION])}.")
     run.add_argument("--all", action="store_true", help="Every row not finished yet, in table order.")
     commands.add_parser("table", help="Print the finished rows as Markdown.")
+    checking = commands.add_parser("check", help="Rank a split with an unfinished row's newest checkpoint.")
+    checking.add_argument("row")
+    checking.add_argument("--split", default="valid", choices=["valid", "test"])
     commands.add_parser("list", help="Name every row with its budget.")
     args = parser.parse_args()
     if args.command == "list":
@@ -268,6 +294,8 @@ def main() -> None:
         print(f"{ZERO_SHOT}: all-MiniLM-L6-v2, no training")
     elif args.command == "table":
         table(args.state)
+    elif args.command == "check":
+        check(args.row, args.state, args.split)
     else:
         unknown = [name for name in args.rows if name not in ROWS and name not in FEDERATION and name != ZERO_SHOT]
         if unknown or not (args.rows or args.all):
