@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kdmkb.kb_worker import checkpoints
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
 from kdmkb.services.client import CoordinatorClient, state_name
 from kdmkb.services.cluster import free_port
@@ -152,8 +153,8 @@ def test_compose_cluster_runs_a_cooperative_job_across_two_ray_nodes(cluster):
     assert {name: kb.metrics_address.rsplit(":", 1)[0] for name, kb in kbs.items()} == {kb: f"ray-{kb}" for kb in KBS}
     actors = {service: run("docker", "top", cluster.container(service)).count("KBWorkerActor") for service in SERVICES}
     assert actors == {"ray-head": 0, "ray-kb1": 1, "ray-kb2": 1, "coordinator": 0, "prometheus": 0}
-    for kb in KBS:  # checkpoints land in the node's own volume
-        cluster("exec", "-T", f"ray-{kb}", "test", "-f", f"/var/lib/kdmkb/checkpoints/{job.job_id}/{kb}/checkpoint.pt")
+    for kb in KBS:  # checkpoints land in the node's own volume: the job's last round, written at its end
+        cluster("exec", "-T", f"ray-{kb}", "test", "-f", str(checkpoints.path(f"/var/lib/kdmkb/checkpoints/{job.job_id}/{kb}", job.round)))
 
     # Prometheus finds the workers through the file the coordinator writes (refreshed within 30 s)
     # and scrapes every 15 s.
