@@ -270,6 +270,10 @@ def run(
     except JobDetached as detached:
         at = f" -c {client.address}"
         fail(f"interrupted: job {detached.job_id} keeps running on the coordinator at {client.address}; follow it with `kdmkb watch {detached.job_id}{at}`, stop it with `kdmkb stop {detached.job_id}{at}`", Exit.INTERRUPTED)
+    except KeyboardInterrupt:
+        if data_dir is None:
+            fail("interrupted: nothing was kept (give --data-dir DIR to make a run resumable)", Exit.INTERRUPTED)
+        fail(f"interrupted: the job is kept in {data_dir}; the same command resumes it from its last checkpoint", Exit.INTERRUPTED)
     _print_table([*([result.baseline.report] if result.baseline else []), result.report])
     _write_report(report, _report(result))
     _print_written(out)

@@ -208,12 +208,13 @@ def test_run_with_a_data_dir_resumes_after_ctrl_c(tmp_path, worker_settings):
             time.sleep(0.2)
         assert first.poll() is None, first.communicate()
         first.send_signal(signal.SIGINT)
-        first.communicate(timeout=120)
+        _, said = first.communicate(timeout=120)
     finally:
         first.kill()
     [record_path] = (data / "jobs").glob("*.json")
     interrupted = json.loads(record_path.read_text())
     assert interrupted["state"] == "RUNNING" and 2 <= interrupted["checkpoint_round"] < rounds, interrupted
+    assert f"the job is kept in {data}; the same command resumes it" in said and first.returncode == 130, (first.returncode, said)
     assert not report.exists()
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
