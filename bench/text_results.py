@@ -82,25 +82,14 @@ FEDERATION = {
 }
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
 def job_file(name: str, row: dict, folder: Path) -> Path:
     """The row's job file: one KB (the whole dataset), strategy none, a checkpoint every round."""
+    import tomli_w
+
     job = {**row["job"], "seed": SEED, "eval_every": 0, "checkpoint_every": 1}
-    lines = ['strategy = "none"', "", "[job]", *(f"{k} = {_toml_value(v)}" for k, v in job.items()), "", "[[kb]]"]
-    lines += [f'name = "{name.split("-", 1)[1]}"', f"data = {_toml_value(str(row['data']))}", f'worker_type = "{row["worker_type"]}"', "", "[kb.settings]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in row["settings"].items()]
+    kb = {"name": name.split("-", 1)[1], "data": str(row["data"]), "worker_type": row["worker_type"], "settings": row["settings"]}
     path = folder / "job.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tomllib.loads(path.read_text(encoding="utf-8"))  # a row that writes bad TOML fails here, not in kdmkb
+    path.write_text(tomli_w.dumps({"strategy": "none", "job": job, "kb": [kb]}), encoding="utf-8")
     return path
 
 
@@ -166,6 +155,8 @@ def zero_shot() -> dict:
     from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
     from kdmkb.kb_worker.worker_types import QueryKind
     from kdmkb.kb_worker.worker_types.text import entity_texts, load_encoder, relation_texts
+    from kdmkb.coordinator.servicer import metrics_message
+    from kdmkb.services.client import metrics_dict
 
     torch.set_num_threads(2)
     kb = load_kb(UMLS)
@@ -202,7 +193,8 @@ def zero_shot() -> dict:
     degrees = torch.bincount(torch.from_numpy(kb.train[:, [0, 2]].ravel()), minlength=len(kb.entities)).numpy()
     metrics = evaluate_ranking(score, kb.test, known, batch_size=64, degrees=degrees).as_dict()
     metrics["seconds"] = time.perf_counter() - started
-    return {"strategy": "none", "state": "SUCCEEDED", "rounds": 0, "kbs": {"minilm-zero-shot": _report_keys(metrics)}}
+    # the report's form, by the same conversion a job's metrics take (to the wire and back)
+    return {"strategy": "none", "state": "SUCCEEDED", "rounds": 0, "kbs": {"minilm-zero-shot": metrics_dict(metrics_message(metrics))}}
 
 
 def check(name: str, state: Path, split: str) -> None:
@@ -226,13 +218,6 @@ def check(name: str, state: Path, split: str) -> None:
     with torch.no_grad():
         metrics = evaluate_ranking(worker.score, kb.split(split), KnownAnswers(kb.known_triples(), len(kb.entities), len(kb.relations)), batch_size=64)
     print(f"{name} {found[-1].name} {split}: MRR {metrics.mrr:.4f} MR {metrics.mr:.2f} H@1 {metrics.hits_at_1:.4f} H@10 {metrics.hits_at_10:.4f}")
-
-
-def _report_keys(metrics: dict) -> dict:
-    """Evaluator metrics under the report's names (kdmkb run's report.json)."""
-    named = {"mrr": metrics["mrr"], "mr": metrics["mr"], "hits@1": metrics["hits_at_1"], "hits@3": metrics["hits_at_3"], "hits@10": metrics["hits_at_10"]}
-    named["by_degree"] = {bucket: {"num_queries": b["num_queries"], "mrr": b["mrr"], "hits@10": b["hits_at_10"]} for bucket, b in (metrics.get("by_degree") or {}).items()}
-    return named
 
 
 def table(state: Path) -> None:
