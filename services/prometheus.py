@@ -26,22 +26,29 @@ WORKERS_JOB = "kdmkb-workers"
 RAY_JOB = "ray"
 
 
-def prometheus_config(coordinator: str, targets_file: str, rule_files: list[str], interval: str = "15s", ray_targets_file: str | None = None) -> dict:
+def prometheus_config(coordinator: str, targets_file: str, rule_files: list[str], interval: str = "15s", ray_targets_file: str | None = None, ray_nodes: list[str] | None = None) -> dict:
     """Scrapes the coordinator at ``coordinator`` and every KB worker listed in ``targets_file``,
-    and with ``ray_targets_file`` every Ray node's own metrics as scrape job ``ray``.
+    and, as scrape job ``ray``, every Ray node's own metrics: those listed in ``ray_targets_file``
+    and the ``host:port`` addresses in ``ray_nodes``.
 
     The coordinator rewrites ``targets_file`` (file_sd form) whenever a KB's worker is started,
     so a worker that moves to another node or port is still scraped. ``honor_labels`` keeps
     the metrics' own ``job`` label (the kdmkb job id) instead of the scrape job's name. Ray's
     dashboard keeps ``ray_targets_file`` (``prom_metrics_service_discovery.json`` in its temp dir)
-    listing each node's metrics agent.
+    listing each live node's metrics agent; ``ray_nodes`` suits nodes with fixed names and
+    ``--metrics-export-port`` (compose), where a node that is gone stays listed and shows ``up == 0``.
     """
     scrape = [
         {"job_name": COORDINATOR_JOB, "honor_labels": True, "static_configs": [{"targets": [coordinator]}]},
         {"job_name": WORKERS_JOB, "honor_labels": True, "file_sd_configs": [{"files": [targets_file], "refresh_interval": "30s"}]},
     ]
+    ray = {}
+    if ray_nodes:
+        ray["static_configs"] = [{"targets": list(ray_nodes)}]
     if ray_targets_file:
-        scrape.append({"job_name": RAY_JOB, "file_sd_configs": [{"files": [ray_targets_file], "refresh_interval": "30s"}]})
+        ray["file_sd_configs"] = [{"files": [ray_targets_file], "refresh_interval": "30s"}]
+    if ray:
+        scrape.append({"job_name": RAY_JOB, **ray})
     return {"global": {"scrape_interval": interval, "evaluation_interval": interval}, "rule_files": list(rule_files), "scrape_configs": scrape}
 
 

@@ -87,3 +87,16 @@ def test_the_coordinator_reads_kb_data_only_under_its_data_root_and_is_insecure_
     data = [target for service in SERVICES.values() for target in mounts(service) if target.startswith("/data")]
     assert len(data) >= 3 and all(target.startswith(f"{root}/") for target in data), data
     assert command.endswith("${KDMKB_SECURITY:---insecure}")  # a secured deployment sets KDMKB_SECURITY (deploy/README.md)
+
+
+def test_prometheus_scrapes_every_ray_node_s_own_metrics_and_the_head_publishes_its_dashboard_on_loopback():
+    commands = {name: " ".join(service["command"]) for name, service in SERVICES.items() if "command" in service}
+    ray_nodes = {name: re.search(r"--metrics-export-port=(\d+)", command) for name, command in commands.items() if "ray start" in command}
+    assert set(ray_nodes) == {"ray-head", "coordinator", *KB_NODES} and all(ray_nodes.values()), ray_nodes
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    [ray_job] = [job for job in config["scrape_configs"] if job["job_name"] == "ray"]
+    assert sorted(target for static in ray_job["static_configs"] for target in static["targets"]) == sorted(f"{name}:{port.group(1)}" for name, port in ray_nodes.items())
+    head = commands["ray-head"]
+    assert "--include-dashboard=true" in head and "--dashboard-host=0.0.0.0" in head  # reachable only through the published port
+    dashboard_port = re.search(r"--dashboard-port=(\d+)", head).group(1)
+    assert SERVICES["ray-head"]["ports"] == [f"127.0.0.1:${{KDMKB_RAY_DASHBOARD_PORT:-{dashboard_port}}}:{dashboard_port}"]

@@ -13,7 +13,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from kdmkb.services import metrics
-from kdmkb.services.prometheus import COORDINATOR_JOB, WORKERS_JOB, prometheus_config, prometheus_tool
+from kdmkb.services.prometheus import COORDINATOR_JOB, RAY_JOB, WORKERS_JOB, prometheus_config, prometheus_tool
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "kdmkb.json"
@@ -119,17 +119,21 @@ def test_metrics_address_advertised_for_a_wildcard_bind_is_the_ray_node_s(monkey
 # -- Prometheus ---------------------------------------------------------------------------------
 def test_compose_prometheus_config_is_the_generated_one_and_valid():
     path = DEPLOY / "prometheus" / "prometheus.yml"
-    assert yaml.safe_load(path.read_text()) == prometheus_config("coordinator:9400", "/var/lib/kdmkb/prometheus_targets.json", ["alerts.yml"])
+    ray_nodes = ["ray-head:8080", "ray-kb1:8080", "ray-kb2:8080", "coordinator:8080"]  # docker-compose.yml's Ray nodes (tests/unit/test_compose_file.py)
+    assert yaml.safe_load(path.read_text()) == prometheus_config("coordinator:9400", "/var/lib/kdmkb/prometheus_targets.json", ["alerts.yml"], ray_nodes=ray_nodes)
     assert "SUCCESS" in promtool("check", "config", path.name, cwd=path.parent)
 
 
 def test_local_cluster_prometheus_config_is_valid(tmp_path):
     targets = tmp_path / "prometheus_targets.json"
     targets.write_text(json.dumps([{"targets": ["127.0.0.1:9501"], "labels": {"kb": "west"}}]))
-    config = prometheus_config("127.0.0.1:9400", str(targets), [str(DEPLOY / "prometheus" / "alerts.yml")], interval="1s")
+    ray_targets = tmp_path / "prom_metrics_service_discovery.json"  # as Ray's dashboard writes it
+    ray_targets.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": ["127.0.0.1:8080"]}]))
+    config = prometheus_config("127.0.0.1:9400", str(targets), [str(DEPLOY / "prometheus" / "alerts.yml")], interval="1s", ray_targets_file=str(ray_targets))
     (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
     promtool("check", "config", str(tmp_path / "prometheus.yml"))
-    assert [job["job_name"] for job in config["scrape_configs"]] == [COORDINATOR_JOB, WORKERS_JOB]
+    assert [job["job_name"] for job in config["scrape_configs"]] == [COORDINATOR_JOB, WORKERS_JOB, RAY_JOB]
+    assert config["scrape_configs"][-1]["file_sd_configs"][0]["files"] == [str(ray_targets)]
 
 
 def test_alert_rules_pass_promtool_and_fire_when_they_should():
