@@ -88,6 +88,7 @@ def progress_message(values: dict) -> pb.KBProgress:
         train_triples=values.get("train_triples", 0),
         train_sequences=values.get("train_sequences", 0),
         train_seconds=values.get("train_seconds", 0.0),
+        teacher_subsets=values.get("teacher_subsets", {}),
     )
 
 

@@ -164,6 +164,8 @@ def _numbers(message, data: dict) -> dict:
             entry = field.message_type.fields_by_name["value"]
             if entry.message_type is not None:
                 data[field.name] = {key: _numbers(value[key], item) for key, item in data[field.name].items()}
+            elif entry.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64):
+                data[field.name] = {key: int(item) for key, item in data[field.name].items()}
         elif field.message_type is not None:
             data[field.name] = [_numbers(v, d) for v, d in zip(value, data[field.name])] if isinstance(data[field.name], list) else _numbers(value, data[field.name])
     return data

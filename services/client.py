@@ -149,13 +149,16 @@ class CoordinatorClient:
 
 
 def job_report(job: pb.Job) -> dict:
-    """The report's JSON: strategy, and per KB the filtered test metrics."""
+    """The report's JSON: strategy, per KB the filtered test metrics, and for KBs whose teacher combination chose subsets of
+    their teachers (dsom), the queries per subset (KBProgress.teacher_subsets)."""
+    chosen = {kb: dict(sorted(job.progress[kb].teacher_subsets.items())) for kb in job.kbs if kb in job.progress and job.progress[kb].teacher_subsets}
     return {
         "job_id": job.job_id,
         "strategy": job.strategy,
         "state": state_name(job.state),
         "rounds": job.round,
         "kbs": {kb: metrics_dict(job.test_metrics[kb]) for kb in job.kbs if kb in job.test_metrics},
+        **({"teacher_subsets": chosen} if chosen else {}),
     }
 
 

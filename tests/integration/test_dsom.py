@@ -15,6 +15,7 @@ import pytest
 
 from kdmkb.kb_worker.data import load_kb
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
+from kdmkb.services.client import job_report
 from kdmkb.services.datasets import dataset_dir
 from kdmkb.services.tsv import write_rows
 from kdmkb.services.wire import to_struct as struct
@@ -83,7 +84,10 @@ def test_a_dsom_student_learns_from_three_teachers_and_records_its_choices(stub,
     counts = subset_counts(stub, job.job_id)
     assert sum(counts.values()) == (ROUNDS - PRETRAIN) * STEPS * 2 * WORKER["batch_size"]  # a tail and a head query per triple
     assert all(set(subset.split("+")) <= set(TEACHERS) for subset in counts)
-    assert coordinator.job(job.job_id).progress[STUDENT]["teacher_subsets"] == {subset: int(count) for subset, count in counts.items()}  # the job's record too
+    chosen = {subset: int(count) for subset, count in counts.items()}
+    assert coordinator.job(job.job_id).progress[STUDENT]["teacher_subsets"] == chosen  # the job's record too
+    assert dict(progress[STUDENT].teacher_subsets) == chosen and not any(progress[t].teacher_subsets for t in TEACHERS)  # and its clients
+    assert job_report(stub.GetJob(pb.GetJobRequest(job_id=job.job_id), timeout=TIMEOUT).job)["teacher_subsets"] == {STUDENT: chosen}
 
 
 def test_a_dsom_job_names_a_student_outside_the_job(stub, dsom_kbs):

@@ -158,7 +158,14 @@ class DegreeBucket(_message.Message):
     def __init__(self, degrees: _Optional[str] = ..., num_queries: _Optional[int] = ..., mrr: _Optional[float] = ..., hits_at_10: _Optional[float] = ...) -> None: ...
 
 class KBProgress(_message.Message):
-    __slots__ = ("loss", "kd_loss", "steps", "valid", "soft_label_bytes_sent", "soft_label_bytes_received", "query_bytes_sent", "query_bytes_received", "train_triples", "train_sequences", "train_seconds")
+    __slots__ = ("loss", "kd_loss", "steps", "valid", "soft_label_bytes_sent", "soft_label_bytes_received", "query_bytes_sent", "query_bytes_received", "train_triples", "train_sequences", "train_seconds", "teacher_subsets")
+    class TeacherSubsetsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     LOSS_FIELD_NUMBER: _ClassVar[int]
     KD_LOSS_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +177,7 @@ class KBProgress(_message.Message):
     TRAIN_TRIPLES_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_SUBSETS_FIELD_NUMBER: _ClassVar[int]
     loss: float
     kd_loss: float
     steps: int
@@ -181,7 +189,8 @@ class KBProgress(_message.Message):
     train_triples: int
     train_sequences: int
     train_seconds: float
-    def __init__(self, loss: _Optional[float] = ..., kd_loss: _Optional[float] = ..., steps: _Optional[int] = ..., valid: _Optional[_Union[Metrics, _Mapping]] = ..., soft_label_bytes_sent: _Optional[int] = ..., soft_label_bytes_received: _Optional[int] = ..., query_bytes_sent: _Optional[int] = ..., query_bytes_received: _Optional[int] = ..., train_triples: _Optional[int] = ..., train_sequences: _Optional[int] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+    teacher_subsets: _containers.ScalarMap[str, int]
+    def __init__(self, loss: _Optional[float] = ..., kd_loss: _Optional[float] = ..., steps: _Optional[int] = ..., valid: _Optional[_Union[Metrics, _Mapping]] = ..., soft_label_bytes_sent: _Optional[int] = ..., soft_label_bytes_received: _Optional[int] = ..., query_bytes_sent: _Optional[int] = ..., query_bytes_received: _Optional[int] = ..., train_triples: _Optional[int] = ..., train_sequences: _Optional[int] = ..., train_seconds: _Optional[float] = ..., teacher_subsets: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "strategy", "kbs", "settings", "state", "round", "total_rounds", "error", "progress", "test_metrics", "created_at", "updated_at", "strategy_settings")
