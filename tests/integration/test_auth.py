@@ -11,12 +11,15 @@ import datetime
 import ipaddress
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -285,6 +288,36 @@ def test_mtls_needs_a_client_certificate_its_ca_signed(served, kbs, certificates
     assert {kb.name for kb in with_certificate.ListKBs(pb.ListKBsRequest(), timeout=TIMEOUT).kbs} == {"left", "right"}
     for tls in (ClientTLS.from_files(ca), ClientTLS.from_files(ca, certificates.stranger.cert, certificates.stranger.key)):
         assert _error(_stub(served.mtls, tls=tls).ListKBs, pb.ListKBsRequest(), timeout=10).code() == grpc.StatusCode.UNAVAILABLE
+
+
+def compose_health_check() -> str:
+    """The program docker-compose.yml's coordinator health check runs with ``python3 -c``."""
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+    *command, program = compose["services"]["coordinator"]["healthcheck"]["test"]
+    assert command == ["CMD", "python3", "-c"]
+    return program
+
+
+@pytest.mark.parametrize(
+    ("server", "files", "healthy"),
+    [
+        ("plain", (), True),
+        ("tls", ("CA",), True),
+        ("tls", (), False),  # plaintext to a TLS port
+        ("mtls", ("CA", "CERT", "KEY"), True),
+        ("mtls", ("CA",), False),  # no client certificate
+    ],
+)
+def test_the_compose_health_check_speaks_the_coordinator_s_security_mode(served, certificates, server, files, healthy):
+    """What compose runs, against this module's servers: its port 50051 becomes theirs."""
+    program = compose_health_check()
+    port = getattr(served, server).rsplit(":", 1)[1]
+    assert program.count(":50051") == 2
+    paths = {"CA": certificates.ca.cert, "CERT": certificates.client.cert, "KEY": certificates.client.key}
+    env = {name: value for name, value in os.environ.items() if not name.startswith("KDMKB_HEALTH_TLS_")}
+    env |= {f"KDMKB_HEALTH_TLS_{part}": str(paths[part]) for part in files}
+    done = subprocess.run([sys.executable, "-c", program.replace(":50051", f":{port}")], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode == 0) == healthy, done.stderr[-2000:]
 
 
 # -- data roots --------------------------------------------------------------------------------
