@@ -1,6 +1,7 @@
 """The compose cluster end to end: the offline-built images, two KBs whose data is mounted on two
 different Ray worker containers, a cooperative job driven from the host over the published gRPC
-port, per-KB series read from the Prometheus container, and nothing left behind.
+port, per-KB series and every Ray node's own series read from the Prometheus container, Ray's
+dashboard on its published 127.0.0.1 port, and nothing left behind.
 
 Needs a docker engine and the images of deploy/build-images.sh; `make e2e` provides both.
 """
@@ -33,6 +34,9 @@ SERVICES = ("ray-head", "ray-kb1", "ray-kb2", "coordinator", "prometheus")
 KBS = ("kb1", "kb2")
 # Per-KB training steps as Prometheus scraped them from each KB's worker.
 STEPS_QUERY = f"sum by (kb, instance) ({WORKER_STEPS.describe()[0].name}_total)"
+# Every Ray node's own metrics agent, as Prometheus's scrape job `ray` names them: count of Ray's series per node.
+RAY_NODES = {"ray-head", "ray-kb1", "ray-kb2", "coordinator"}
+RAY_QUERY = 'count by (instance) ({job="ray", __name__=~"ray_.+"})'
 # Short, but with checkpoints, which the workers write into their own node's volume.
 JOB = JobSettings(rounds=4, steps_per_round=5, checkpoint_every=2)
 
@@ -50,7 +54,7 @@ class Compose:
     def __init__(self, split: Path) -> None:
         self.project = f"kdmkb-e2e-{uuid.uuid4().hex[:8]}"
         self.split = split
-        self.grpc_port, self.prometheus_port = free_port(), free_port()
+        self.grpc_port, self.prometheus_port, self.dashboard_port = free_port(), free_port(), free_port()
         self.env = {
             **os.environ,
             "KDMKB_KB1_DATA": str(split / "kb1"),
@@ -58,6 +62,7 @@ class Compose:
             "KDMKB_ALIGNMENTS": str(split / "alignments"),
             "KDMKB_GRPC_PORT": str(self.grpc_port),
             "KDMKB_PROMETHEUS_PORT": str(self.prometheus_port),
+            "KDMKB_RAY_DASHBOARD_PORT": str(self.dashboard_port),
         }
         self.down_done = False
 
@@ -91,6 +96,26 @@ def query(port: int, promql: str) -> list[dict]:
         body = json.load(response)
     assert body["status"] == "success", body
     return body["data"]["result"]
+
+
+def wait_for(what: str, probe, timeout: float):
+    """Polls ``probe()`` (-> done, answer) every 3 s until done; fails naming ``what`` and the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, answer = probe()
+        if done:
+            return answer
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for: {what}; last answer: {answer}"
+        time.sleep(3)
+
+
+def dashboard_version(port: int) -> tuple[bool, dict | str]:
+    """Ray's dashboard's /api/version on the host's 127.0.0.1, or why it did not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=10) as response:
+            return response.status == 200, json.load(response)
+    except (OSError, ValueError) as error:
+        return False, repr(error)
 
 
 def container_job_file(split: Path):
@@ -131,10 +156,12 @@ def cluster(tmp_path):
 def test_compose_cluster_runs_a_cooperative_job_across_two_ray_nodes(cluster):
     started = time.monotonic()
     cluster("up", "--detach", "--no-build", timeout=900)  # --no-build: a missing image is an error, never a pull
-    deadline = time.monotonic() + 300
-    while set((health := cluster.health()).values()) != {"healthy"}:
-        assert time.monotonic() < deadline, f"services not healthy after 300 s: {health}"
-        time.sleep(3)
+
+    def all_healthy():
+        health = cluster.health()
+        return set(health.values()) == {"healthy"}, health
+
+    wait_for("every service healthy", all_healthy, 300)
     print(f"\ne2e: cluster {cluster.project} healthy after {time.monotonic() - started:.0f} s")
 
     client = CoordinatorClient(f"127.0.0.1:{cluster.grpc_port}", timeout=300)
@@ -159,17 +186,26 @@ def test_compose_cluster_runs_a_cooperative_job_across_two_ray_nodes(cluster):
     # Prometheus finds the workers through the file the coordinator writes (refreshed within 30 s)
     # and scrapes every 15 s: a first scrape may come from before the job's last round, so wait
     # until each KB's series holds every step of the job.
-    deadline = time.monotonic() + 120
-    while True:
+    def every_step_scraped():
         series = query(cluster.prometheus_port, STEPS_QUERY)
         steps = {row["metric"].get("kb"): float(row["value"][1]) for row in series}
-        if steps == dict.fromkeys(KBS, float(JOB.rounds * JOB.steps_per_round)):
-            break
-        assert time.monotonic() < deadline, f"Prometheus has not scraped every step of each KB for {STEPS_QUERY}: {series}"
-        time.sleep(3)
+        return steps == dict.fromkeys(KBS, float(JOB.rounds * JOB.steps_per_round)), series
+
+    series = wait_for(f"Prometheus to scrape every step of each KB for {STEPS_QUERY}", every_step_scraped, 120)
     print(f"e2e: PromQL {STEPS_QUERY} -> {json.dumps(series)}")
     for row in series:
         assert row["metric"]["instance"].startswith(f"ray-{row['metric']['kb']}:")
+
+    # Ray's own metrics from every Ray node (scrape job `ray`, static targets), and Ray's dashboard
+    # on the head, published on the host's 127.0.0.1 only.
+    def every_ray_node_scraped():
+        counts = {row["metric"]["instance"].rsplit(":", 1)[0]: int(row["value"][1]) for row in query(cluster.prometheus_port, RAY_QUERY)}
+        return set(counts) == RAY_NODES, counts
+
+    counts = wait_for(f"Prometheus to hold Ray's series from each of {sorted(RAY_NODES)} for {RAY_QUERY}", every_ray_node_scraped, 120)
+    print(f"e2e: PromQL {RAY_QUERY} -> {counts}")
+    version = wait_for(f"Ray's dashboard to answer /api/version on 127.0.0.1:{cluster.dashboard_port}", lambda: dashboard_version(cluster.dashboard_port), 60)
+    print(f"e2e: Ray's dashboard on 127.0.0.1:{cluster.dashboard_port}: {version}")
 
     cluster.down()
     assert cluster.leftovers() == {"containers": [], "networks": [], "volumes": []}
