@@ -203,7 +203,7 @@ class JobRunner(threading.Thread):
         distill = settings.distill()
 
         def configure() -> None:
-            ray.get([w.configure.remote(job.job_id, settings.seed, distill, self.views[kb]) for kb, w in self.workers.items()])
+            ray.get([w.configure.remote(job.job_id, settings.seed, distill, self.views[kb], strategy.teachers_of(kb)) for kb, w in self.workers.items()])
 
         configure()
         job.round = 0

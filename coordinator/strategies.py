@@ -118,6 +118,10 @@ class Strategy(abc.ABC):
     def alone(self) -> RoundPlan:
         return RoundPlan((), self.kbs)
 
+    def teachers_of(self, kb: str) -> tuple[str, ...] | None:
+        """The KBs whose soft labels ``kb`` may learn from in this job, the ones its teacher combination is built for (None: every KB aligned with it)."""
+        return None
+
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
@@ -237,6 +241,10 @@ class DSoMStrategy(Strategy):
         if round_ < self.settings.pretrain_rounds:
             return RoundPlan((), self.teachers)
         return RoundPlan(self.edges, (self.settings.student,))
+
+    def teachers_of(self, kb: str) -> tuple[str, ...]:
+        """Only the student learns: a teacher builds no combination's policy (the full state is |M| x |E| wide)."""
+        return self.teachers if kb == self.settings.student else ()
 
 
 def validate_strategy_settings(name: str, raw: dict | StrategySettings | None) -> StrategySettings:

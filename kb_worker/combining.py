@@ -162,7 +162,7 @@ class DSoM(TeacherCombination):
         kb = context.kb
         self.answers = KnownAnswers(kb.train, len(kb.entities), len(kb.relations))
         self.policy: dsom.PolicyNetwork | None = None
-        if settings.selection == "policy":
+        if settings.selection == "policy" and context.teachers:  # a KB that only teaches has no policy to learn
             teachers = len(context.teachers)
             width = teachers * len(kb.entities) if settings.state == "full" else dsom.compact_state_width(teachers, settings.top_m)
             self.policy = dsom.PolicyNetwork(width, settings.hidden, len(self.subsets)).to(context.device)

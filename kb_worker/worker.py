@@ -97,6 +97,7 @@ class KBWorker:
         self.student: Student | None = None
         self.step = 0
         self.alignment = LocalAlignment(name, self.kb, AlignmentView())
+        self.teachers: tuple[str, ...] = ()
 
     # -- description -----------------------------------------------------------------------
     def describe(self) -> dict:
@@ -119,19 +120,27 @@ class KBWorker:
     def _sides(self, model: WorkerType) -> tuple[WorkerType, Teacher, Student]:
         """Both sides around ``model`` (the student side creates the optimiser)."""
         distill = self.distill
-        context = StudentContext(self.kb, tuple(sorted(self.alignment.peers)), model.device)
+        context = StudentContext(self.kb, self.teachers, model.device)
         combination = make_combination(
             distill.combination, distill.combination_settings, temperature=distill.temperature, relation_weight=distill.relation_weight, context=context
         )
         side = Side(self.name, self.job_id, model, self.alignment, distill)
         return model, Teacher(side, self._train, self.settings.batch_size), Student(side, combination)
 
-    def configure(self, job_id: str, seed: int, distill: DistillSettings | dict | None = None, alignment: AlignmentView | None = None) -> dict:
-        """Starts a job: a fresh model and optimiser from ``seed``, the job's distillation settings."""
+    def configure(
+        self, job_id: str, seed: int, distill: DistillSettings | dict | None = None, alignment: AlignmentView | None = None, teachers: list[str] | tuple[str, ...] | None = None
+    ) -> dict:
+        """Starts a job: a fresh model and optimiser from ``seed``, the job's distillation settings.
+
+        ``teachers``: the KBs this one may learn from in the job (its strategy says; default: every
+        aligned peer), the ones its teacher combination is built for: with none, a learned
+        combination (a dsom policy) has nothing to learn and is not built.
+        """
         self.job_id = job_id
         self.distill = distill if isinstance(distill, DistillSettings) else DistillSettings.model_validate(distill or {})
         if alignment is not None:
             self.alignment = LocalAlignment(self.name, self.kb, alignment)
+        self.teachers = tuple(sorted(self.alignment.peers if teachers is None else teachers))
         torch.manual_seed(seed * 1_000_003 + zlib.crc32(self.name.encode()))
         self.model, self.teacher, self.student = self._sides(self.type_class(self.kb, self.settings))
         self.step = 0

@@ -1,0 +1,77 @@
+"""Who builds the dsom combination's policy: the student only; a KB that only teaches holds no policy parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kdmkb.coordinator.strategies import make_strategy
+from kdmkb.kb_worker.worker import AlignmentView, KBWorker
+from kdmkb.services.config import JobSettings
+from kdmkb.services.tsv import write_rows
+
+E, R = 40, 2
+KBS = ("student", "structure", "text")
+DISTILL = {"combination": "dsom", "relation_weight": 0, "combination_settings": {"state": "full", "hidden": 8}}
+
+
+@pytest.fixture
+def kb_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    triples = sorted({(f"e{h}", f"r{r}", f"e{t}") for h, r, t in zip(rng.integers(0, E, 120), rng.integers(0, R, 120), rng.integers(0, E, 120))})
+    write_rows(tmp_path / "train.tsv", triples[:-10])
+    write_rows(tmp_path / "valid.tsv", triples[-10:-5])
+    write_rows(tmp_path / "test.tsv", triples[-5:])
+    write_rows(tmp_path / "entities.tsv", [(f"e{i}",) for i in range(E)])
+    write_rows(tmp_path / "relations.tsv", [(f"r{i}",) for i in range(R)])
+    (tmp_path / "features").mkdir()
+    np.save(tmp_path / "features" / "text.npy", rng.standard_normal((E, 4)).astype(np.float32))
+    return tmp_path
+
+
+def dsom_workers(folder) -> dict[str, KBWorker]:
+    """Every KB aligned with every other (as the coordinator's views make them), configured with the teachers the dsom strategy names."""
+    strategy = make_strategy("dsom", list(KBS), JobSettings.model_validate({"rounds": 2, **DISTILL}), {"student": "student"})
+    ids = {f"e{i}": i for i in range(E)}, {f"r{i}": i for i in range(R)}
+    everything = (list(range(E)), list(range(R)))
+    workers = {}
+    for name in KBS:
+        worker = KBWorker(name, folder, "feature-complex", {"rank": 4, "batch_size": 16, **({"features": "text"} if name == "text" else {})})
+        view = AlignmentView(*ids, peers={peer: everything for peer in KBS if peer != name})
+        worker.configure("job", 0, DISTILL, view, strategy.teachers_of(name))
+        workers[name] = worker
+    return workers
+
+
+def test_the_dsom_strategy_names_the_students_teachers_and_none_for_a_teacher():
+    strategy = make_strategy("dsom", list(KBS), JobSettings.model_validate({"rounds": 2}), {"student": "text"})
+    assert strategy.teachers_of("text") == ("student", "structure")
+    assert strategy.teachers_of("structure") == () and strategy.teachers_of("student") == ()
+    assert make_strategy("cooperative", list(KBS), JobSettings.model_validate({"rounds": 2})).teachers_of("text") is None  # every aligned KB
+
+
+def test_a_teacher_of_a_dsom_job_holds_no_policy_parameters(kb_folder):
+    workers = dsom_workers(kb_folder)
+    for teacher in ("structure", "text"):
+        worker = workers[teacher]
+        assert worker.student.combination.modules() is None
+        optimised = sum(p.numel() for group in worker.student.optimizer.param_groups for p in group["params"])
+        assert optimised == worker.model.num_parameters()  # the model's own parameters, nothing else
+    # the student's policy: the full state of its two teachers, 2 x E wide, over their 3 non-empty subsets
+    policy = workers["student"].student.combination.modules()
+    assert [tuple(p.shape) for p in policy.parameters()] == [(8, 2 * E), (8,), (3, 8), (3,)]
+    assert workers["student"].student.combination.context.teachers == ("structure", "text")
+
+
+def test_a_teacher_without_a_policy_still_answers_and_the_student_learns(kb_folder, tmp_path):
+    workers = dsom_workers(kb_folder)
+    student = workers["student"]
+    inbound = []
+    for teacher in ("structure", "text"):
+        _, queries = student.ask(0, 2, teacher, "all")
+        inbound.append(workers[teacher].answer(queries)[1])
+    result = student.train(0, 2, *inbound)
+    assert sum(result["teacher_subsets"].values()) == 2 * 2 * 16
+    workers["text"].save(tmp_path / "text", 1)
+    workers["text"].load(tmp_path / "text", 1)  # its checkpoint holds no policy and loads back
+    assert workers["text"].student.combination.modules() is None
