@@ -108,7 +108,7 @@ def contains_sorted(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tens
     return sorted_keys[position] == keys
 
 
-def _unique_rows(path: Path, rows, what: str):
+def unique_rows(path: Path, rows, what: str):
     """Passes ``(line_number, fields)`` rows through, refusing a first field already seen on an earlier line."""
     first_line: dict[str, int] = {}
     for number, fields in rows:
@@ -121,7 +121,7 @@ def _unique_rows(path: Path, rows, what: str):
 
 def read_vocabulary(path: Path, what: str) -> Vocabulary:
     """Reads the first column of a vocabulary file; duplicates are an error."""
-    return Vocabulary.of(name for _, (name,) in _unique_rows(path, read_rows(path, 1, extra_columns=True), what))
+    return Vocabulary.of(name for _, (name,) in unique_rows(path, read_rows(path, 1, extra_columns=True), what))
 
 
 def _local_id(path: Path, number: int, name: str, vocabulary: Vocabulary, what: str) -> int:
@@ -147,7 +147,7 @@ def _to_ids(path: Path, rows, entities: Vocabulary, relations: Vocabulary) -> np
 
 def _read_keyed(path: Path, columns: int, vocabulary: Vocabulary, what: str, **options) -> list[tuple[int, list[str]]]:
     """``(local id, fields)`` per row of a file whose first column names one of the KB's ids, each id once."""
-    rows = _unique_rows(path, read_rows(path, columns, **options), what)
+    rows = unique_rows(path, read_rows(path, columns, **options), what)
     return [(_local_id(path, number, fields[0], vocabulary, what), fields) for number, fields in rows]
 
 

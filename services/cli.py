@@ -591,12 +591,26 @@ def features_text(
     kb_dir: KBDirArgument,
     encoder: Annotated[str, typer.Option("--encoder", help="Hugging Face encoder folder (offline); default: the packaged all-MiniLM-L6-v2.")] = "",
     max_length: Annotated[int, typer.Option("--max-length", help="Tokens per entity text.")] = 128,
+    texts: Annotated[
+        Optional[Path], typer.Option("--texts", help="Take the texts from this TSV file instead of the KB's entity_text.tsv (rows of other entities are skipped).")
+    ] = None,
+    columns: Annotated[str, typer.Option("--columns", help="--texts: the 1-based columns of the id, the name and the description (may be empty).")] = "1,2,3",
+    header: Annotated[bool, typer.Option("--header", help="--texts: its first line is a header.")] = False,
+    name: Annotated[str, typer.Option("--name", help="The modality written: features/NAME.npy.")] = "text",
 ) -> None:
-    """Encode each entity's name and description (entity_text.tsv) into features/text.npy."""
+    """Encode each entity's name and description (entity_text.tsv, or --texts) into features/text.npy (or --name).
+
+    FB15k-237's Wikidata descriptions: --texts entity_wikidata.tsv --header --columns 1,3,4 --name wikidata.
+    """
     from kdmkb.services.features import text_features
 
-    path, counts = text_features(kb_dir, encoder, max_length=max_length)
-    typer.echo(f"wrote {path}: {counts['entities']} entities x {counts['dim']}; {counts['missing_entities']} without text (recorded as missing)")
+    try:
+        picked = tuple(int(column) for column in columns.split(","))
+    except ValueError:
+        raise ConfigError(f"columns: three comma-separated column numbers, got {columns!r}") from None
+    path, counts = text_features(kb_dir, encoder, max_length=max_length, texts=texts, name=name, columns=picked, header=header)
+    skipped = f"; {counts['skipped_rows']} rows of other entities skipped" if counts["skipped_rows"] else ""
+    typer.echo(f"wrote {path}: {counts['entities']} entities x {counts['dim']}; {counts['missing_entities']} without text (recorded as missing){skipped}")
 
 
 @features_app.command("numeric")

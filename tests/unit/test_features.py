@@ -79,3 +79,36 @@ def test_text_features_need_entity_texts(tmp_path, tiny_encoder):
         write_rows(folder / f"{split}.tsv", [("a", "r", "b")])
     with pytest.raises(DataError, match="no entity_text.tsv"):
         text_features(folder, tiny_encoder)
+
+
+def test_text_features_from_another_tsv_are_written_under_their_own_name(kb_dir, tiny_encoder, tmp_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    wikidata = tmp_path / "entity_wikidata.tsv"  # FB15k-237's layout: a header, then id, wikidata id, label, description, link
+    write_rows(wikidata, [("mid", "wikidata_id", "label", "description", "wikipedia"), ("c", "Q3", "gamma", "third letter", "w/c"), ("a", "Q1", "Alpha", "", "w/a"), ("zz", "Q9", "other", "not in the KB", "w/z")])
+    result = CliRunner().invoke(app, ["features", "text", str(kb_dir), "--encoder", tiny_encoder, "--max-length", "32", "--texts", str(wikidata), "--header", "--columns", "1,3,4", "--name", "wikidata"])
+    assert result.exit_code == 0, result.output
+    assert "2 entities x" in result.output and "2 without text" in result.output and "1 rows of other entities skipped" in result.output
+    kb = load_kb(kb_dir)
+    assert set(kb.features) == {"wikidata"}  # entity_text.tsv is not encoded
+    features, ids = kb.features["wikidata"], kb.entities.index
+    assert features.present.tolist() == [name in ("a", "c") for name in kb.entities.names]
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_encoder), AutoModel.from_pretrained(tiny_encoder).eval()
+    with torch.no_grad():
+        for entity, sentence in (("c", "gamma, third letter"), ("a", "Alpha")):  # the label alone where the description is empty
+            hidden = model(**tokenizer([sentence], truncation=True, max_length=32, return_tensors="pt")).last_hidden_state[0]
+            np.testing.assert_allclose(features.values[ids[entity]], hidden.mean(dim=0).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_texts_options_are_refused_naming_them(kb_dir, tiny_encoder, tmp_path):
+    texts = tmp_path / "texts.tsv"
+    write_rows(texts, [("a", "alpha", "x"), ("a", "again", "y")])
+    for options, message in (
+        (["--name", "no/slash"], "name: 'no/slash' is not a modality name"),
+        (["--columns", "1,2"], "columns: three 1-based column numbers"),
+        (["--columns", "1,x,3"], "columns: three comma-separated column numbers"),
+        ([], "line 2: duplicate entity 'a' (first on line 1)"),
+    ):
+        result = CliRunner().invoke(app, ["features", "text", str(kb_dir), "--encoder", tiny_encoder, "--texts", str(texts), *options])
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (kb_dir / "features").exists()  # nothing written
