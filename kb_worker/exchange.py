@@ -7,12 +7,14 @@ Both speak alignment ids only.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
 from kdmkb.kb_worker.worker_types.base import QueryKind
 from kdmkb.protos.kdmkb.exchange.v1 import queries_pb2, soft_labels_pb2 as pb
+from kdmkb.services.errors import LimitError
 
 _DTYPES = {
     pb.Tensor.DTYPE_INT32: np.dtype("<i4"),
@@ -90,18 +92,57 @@ class SoftLabels:
     blocks: tuple[SoftLabelBlock, ...]
 
 
-def encode(labels: SoftLabels) -> bytes:
-    message = pb.SoftLabels(job_id=labels.job_id, round=labels.round, teacher=labels.teacher, student=labels.student)
+def _header(labels: SoftLabels) -> bytes:
+    return pb.SoftLabels(job_id=labels.job_id, round=labels.round, teacher=labels.teacher, student=labels.student).SerializeToString()
+
+
+def _steps(labels: SoftLabels) -> dict[int, bytes]:
+    """Each step's blocks, in step order, as serialised ``blocks`` fields.
+
+    A header followed by any of them is a ``SoftLabels`` message (protobuf appends repeated
+    fields when serialised messages are concatenated), so a message's size is their sum.
+    """
+    by_step: dict[int, list[pb.SoftLabelBlock]] = defaultdict(list)
     for block in labels.blocks:
-        message.blocks.add(
-            kind=int(block.kind),
-            step=block.step,
-            queries=to_tensor(_ids(block.queries)),
-            candidates=to_tensor(_ids(_shared_row(block.candidates))),
-            scores=to_tensor(block.scores),
-            tail_bucket=block.tail,
+        by_step[block.step].append(
+            pb.SoftLabelBlock(
+                kind=int(block.kind),
+                step=block.step,
+                queries=to_tensor(_ids(block.queries)),
+                candidates=to_tensor(_ids(_shared_row(block.candidates))),
+                scores=to_tensor(block.scores),
+                tail_bucket=block.tail,
+            )
         )
-    return message.SerializeToString()
+    return {step: pb.SoftLabels(blocks=blocks).SerializeToString() for step, blocks in sorted(by_step.items())}
+
+
+def encode(labels: SoftLabels) -> bytes:
+    """One message, whatever its size."""
+    return _header(labels) + b"".join(_steps(labels).values())
+
+
+def encode_messages(labels: SoftLabels, max_bytes: int) -> list[bytes]:
+    """The labels as the fewest messages of at most ``max_bytes`` each that cut them between steps, in step order.
+
+    Each message is self-contained (the header, then whole steps), so that none is larger than
+    what a Ray object may be; one step over ``max_bytes`` alone raises :class:`LimitError`.
+    """
+    header = _header(labels)
+    messages: list[list[bytes]] = [[header]]
+    size = len(header)
+    for part in _steps(labels).values():
+        if len(header) + len(part) > max_bytes:
+            raise LimitError(
+                f"one step's soft labels from KB {labels.teacher!r} for {labels.student!r} are {len(header) + len(part)} bytes, over the server's limit "
+                f"max_label_bytes = {max_bytes} (a step's labels travel as one message: raise the limit, or make a step's labels smaller with batch_size or top_k)"
+            )
+        if size + len(part) > max_bytes:
+            messages.append([header])
+            size = len(header)
+        messages[-1].append(part)
+        size += len(part)
+    return [b"".join(parts) for parts in messages]
 
 
 def decode(payload: bytes) -> SoftLabels:

@@ -1,4 +1,4 @@
-"""The SoftLabels wire format: a lossless round trip, compact ids, one row for shared candidates, clear errors."""
+"""The SoftLabels wire format: a lossless round trip, compact ids, one row for shared candidates, clear errors, messages within a bound."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from kdmkb.kb_worker import exchange
 from kdmkb.kb_worker.worker_types import QueryKind
 from kdmkb.protos.kdmkb.exchange.v1 import soft_labels_pb2 as pb
+from kdmkb.services.errors import LimitError
 
 
 def lesson(*blocks: exchange.SoftLabelBlock) -> exchange.SoftLabels:
@@ -76,3 +77,37 @@ def test_a_tail_bucket_is_one_score_column_more_than_the_candidates():
     message.blocks[0].tail_bucket = False  # 7 scores for 6 candidates without a bucket
     with pytest.raises(ValueError, match="malformed SoftLabels block from 'teacher'"):
         exchange.decode(message.SerializeToString())
+
+
+# -- messages of at most max_label_bytes ---------------------------------------------------------
+def one_query(kind: QueryKind, step: int) -> exchange.SoftLabelBlock:
+    """A block of 52 serialised bytes in a message (step >= 1): kind 2, step 2, queries 18, candidates 14, scores 14; its field tag and length 2."""
+    return exchange.SoftLabelBlock(kind, step, np.array([[1, 2]]), np.array([[3]]), np.array([[0.5]], np.float32))
+
+
+def test_messages_are_cut_between_steps_each_within_the_bound_and_as_few_as_in_step_order():
+    """Steps 1..5 of 52, 52, 104 (two blocks), 52, 52 bytes after a 9-byte header ("j", "t", "s"; round 0 is not written)."""
+    labels = exchange.SoftLabels("j", 0, "t", "s", (*(one_query(QueryKind.TAIL, s) for s in range(1, 6)), one_query(QueryKind.HEAD, 3)))
+    whole = exchange.encode(labels)
+    assert len(whole) == 9 + 6 * 52
+    assert exchange.encode_messages(labels, len(whole)) == [whole]
+    # 165 = 9 + 3 * 52: steps 1-2 (113), then step 3 does not fit; steps 3-4 (165), then step 5 (61). Three is the fewest
+    # in step order: any cut in two leaves 9 + 208 bytes or more on one side.
+    messages = exchange.encode_messages(labels, 165)
+    assert [len(m) for m in messages] == [113, 165, 61]
+    assert sum(map(len, messages)) == len(whole) + 2 * 9  # each message repeats the header
+    decoded = [exchange.decode(m) for m in messages]
+    assert all((d.job_id, d.round, d.teacher, d.student) == ("j", 0, "t", "s") for d in decoded)
+    assert [[(b.step, b.kind) for b in d.blocks] for d in decoded] == [[(1, QueryKind.TAIL), (2, QueryKind.TAIL)], [(3, QueryKind.TAIL), (3, QueryKind.HEAD), (4, QueryKind.TAIL)], [(5, QueryKind.TAIL)]]
+    # their union is the one message's blocks, byte for byte
+    assert b"".join(m[9:] for m in messages) == whole[9:]
+    # 164: steps 3 and 4 no longer fit together, steps 4 and 5 do
+    assert [len(m) for m in exchange.encode_messages(labels, 164)] == [113, 113, 113]
+    assert exchange.encode_messages(exchange.SoftLabels("j", 0, "t", "s", ()), 9) == [exchange.encode(exchange.SoftLabels("j", 0, "t", "s", ()))]
+
+
+def test_a_step_over_the_bound_alone_is_refused_naming_the_limit_the_kbs_and_the_size():
+    labels = exchange.SoftLabels("j", 0, "t", "s", (one_query(QueryKind.TAIL, 1), one_query(QueryKind.HEAD, 1), one_query(QueryKind.TAIL, 2)))
+    assert [len(m) for m in exchange.encode_messages(labels, 113)] == [113, 61]
+    with pytest.raises(LimitError, match=r"one step's soft labels from KB 't' for 's' are 113 bytes, over the server's limit max_label_bytes = 112"):
+        exchange.encode_messages(labels, 112)
