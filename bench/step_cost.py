@@ -114,10 +114,10 @@ class SearchCounter:
         return result
 
 
-def lesson_rows(payload: bytes) -> tuple[int, int]:
-    """(entity queries, relation queries) in a serialised lesson."""
+def lesson_rows(messages: list[bytes]) -> tuple[int, int]:
+    """(entity queries, relation queries) in a lesson's serialised messages."""
     entity = relation = 0
-    for block in exchange.decode(payload).blocks:
+    for block in (block for payload in messages for block in exchange.decode(payload).blocks):
         if block.kind in ENTITY_KINDS:
             entity += block.queries.shape[0]
         else:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_cpu=train_cpu,
                 searched=search.queries - queries_before,
                 search_seconds=search.seconds - search_before,
-                bytes={name: len(to_peer), peer: len(from_peer)},
+                bytes={name: sum(map(len, to_peer)), peer: sum(map(len, from_peer))},
                 queries={name: (entity_q, relation_q), peer: (peer_entity_q, peer_relation_q)},
                 load=os.getloadavg()[0],
             )

@@ -23,6 +23,8 @@ from kdmkb.services.ray_runtime import unwrap
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # worker restarts within one run of a job before it fails
+# A KB worker died: the actor itself, or a teacher's posted soft labels with it (their owner) before its students read them.
+WORKER_ENDED = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STATES = ("CREATED", "RUNNING", *TERMINAL)
@@ -150,7 +152,7 @@ class JobRunner(threading.Thread):
                     return
                 try:
                     self._advance(round_, settings, strategy)
-                except ray.exceptions.RayActorError:
+                except WORKER_ENDED:
                     restarts += 1
                     self._restart_workers(round_, restarts, settings, strategy, initial)
             if job.round > job.checkpoint_round:
@@ -164,7 +166,7 @@ class JobRunner(threading.Thread):
             log.exception("job %s failed", job.job_id)
             job.state = "FAILED"
             job.error = f"{type(cause).__name__}: {cause}"
-            if isinstance(cause, ray.exceptions.RayActorError):  # outside a round: said plainly, without Ray's internals
+            if isinstance(cause, WORKER_ENDED):  # outside a round: said plainly, without Ray's internals
                 job.error = "UnavailableError: a KB worker of this job ended (killed or out of memory); StartJob resumes the job from its last checkpoint"
             self._emit("failed", message=job.error)
 
@@ -233,6 +235,9 @@ class JobRunner(threading.Thread):
     def _round(self, round_: int, plan: RoundPlan, settings: JobSettings) -> tuple[float, RoundResults]:
         """One round: soft labels (and, for pull, queries) move as Ray object references; workers never call each other.
 
+        A teacher's labels for a student are a list of references, one per message of at most the
+        server's ``max_label_bytes`` (the teacher puts them; the student fetches them).
+
         Calls reach each worker in the order they are made here, so a teacher labels before it
         trains in the same round, as in Algorithm 1.
         """
@@ -256,19 +261,22 @@ class JobRunner(threading.Thread):
             inbound[edge.student].append(labels)
         for edge in edges:
             weights[edge.student][edge.teacher] = edge.weight
+        # every teacher's labels are made before any KB trains: one that cannot send them (max_label_bytes) fails the round with no model changed
+        taught = ray.get(list(pushed.values()))
+        pull_stats = ray.get([ref for _, asked, answered in pulled for ref in (asked, answered)])
         train = {kb: self.workers[kb].train.remote(round_, steps, *inbound[kb], weights=weights[kb]) for kb in plan.training}
         trained = dict(zip(train, ray.get(list(train.values()))))
-        label_bytes: dict[tuple[str, str], int] = {}
-        for teacher, stats in zip(pushed, ray.get(list(pushed.values()))):
+        routed: dict[tuple[str, str], tuple[int, int]] = {}  # (teacher, student) -> (bytes, messages)
+        for teacher, stats in zip(pushed, taught):
             for student, size in stats["bytes"].items():
-                label_bytes[teacher, student] = size
-        pull_stats = ray.get([ref for _, asked, answered in pulled for ref in (asked, answered)])
+                routed[teacher, student] = size, stats["messages"][student]
         for i, (edge, _, _) in enumerate(pulled):
             ask_stats, answer_stats = pull_stats[2 * i : 2 * i + 2]
-            label_bytes[edge.teacher, edge.student] = answer_stats["bytes"]
+            routed[edge.teacher, edge.student] = answer_stats["bytes"], answer_stats["messages"]
             self._meter_queries(edge.student, edge.teacher, ask_stats["bytes"])
-        for (teacher, student), size in label_bytes.items():
+        for (teacher, student), (size, messages) in routed.items():
             metrics.ROUTED_BYTES.labels(teacher, student, self.job.job_id).inc(size)
+            metrics.ROUTED_MESSAGES.labels(teacher, student, self.job.job_id).inc(messages)
             self.job.progress[teacher]["soft_label_bytes_sent"] += size
             self.job.progress[student]["soft_label_bytes_received"] += size
         for kb, result in trained.items():
@@ -279,7 +287,7 @@ class JobRunner(threading.Thread):
             for subset, count in result.get("teacher_subsets", {}).items():  # queries per subset of teachers its combination chose (DSoM's Fig. 3)
                 chosen = progress.setdefault("teacher_subsets", {})
                 chosen[subset] = chosen.get(subset, 0) + count
-        return time.perf_counter() - started, RoundResults(round_, trained, label_bytes)
+        return time.perf_counter() - started, RoundResults(round_, trained, {pair: size for pair, (size, _) in routed.items()})
 
     def _meter_queries(self, student: str, teacher: str, size: int) -> None:
         metrics.ROUTED_QUERY_BYTES.labels(student, teacher, self.job.job_id).inc(size)

@@ -62,6 +62,13 @@ class KBWorkerActor(KBWorker):
         self._take_snapshot(rebuild=True)
         return step
 
+    def _post(self, message: bytes) -> ray.ObjectRef:
+        """Each message its own object (owned by this actor), so that none exceeds ``max_label_bytes`` however large the round."""
+        return ray.put(message)
+
+    def _fetch(self, posted: ray.ObjectRef) -> bytes:
+        return ray.get(posted)
+
     def _take_snapshot(self, rebuild: bool = False) -> None:
         """Copies the model's weights into the snapshot; ``rebuild`` starts a new instance (a new model, restored weights)."""
         snapshot = self._snapshot

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -72,16 +73,17 @@ class Student(Side):
         return listed.expand(queries.shape[0], -1)
 
     # -- lessons ---------------------------------------------------------------------------------
-    def lessons(self, payloads: tuple[bytes, ...], weights: dict[str, float]) -> tuple[dict[int, StepLessons], list[str]]:
+    def lessons(self, messages: Iterable[bytes], weights: dict[str, float]) -> tuple[dict[int, StepLessons], list[tuple[str, int]]]:
         """Decodes every ``SoftLabels`` message into local ids, grouped per step by (kind, candidate width), each row tagged with its teacher.
 
-        Also returns each payload's teacher.
+        ``messages`` are read one at a time (a caller may fetch each as it is read). Also returns
+        each message's teacher and size.
         """
         rows_by_step: dict[int, list] = defaultdict(list)
         senders = []
-        for payload in payloads:
+        for payload in messages:
             labels = exchange.decode(payload)
-            senders.append(labels.teacher)
+            senders.append((labels.teacher, len(payload)))
             if labels.student != self.name:
                 raise DataError(f"soft labels for {labels.student!r} were routed to {self.name!r}")
             for block in labels.blocks:

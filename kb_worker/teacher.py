@@ -29,9 +29,10 @@ class Side:
 class Teacher(Side):
     """Labels queries with its model's logits; only candidates shared with the student are ever named."""
 
-    def __init__(self, side: Side, train: torch.Tensor, batch_size: int) -> None:
+    def __init__(self, side: Side, train: torch.Tensor, batch_size: int, max_label_bytes: int) -> None:
         super().__init__(**vars(side))
         self.train = train
+        self.max_label_bytes = max_label_bytes  # the server's limit on one message (exchange.encode_messages)
         self._refresh_steps = self.distill.candidate_refresh_epochs * len(train) / batch_size
         # Each training triple's tail query (head, relation) and head query (relation, tail), as ids.
         self._query_ids = {
@@ -50,17 +51,17 @@ class Teacher(Side):
         return scores.numpy().astype(np.dtype(self.distill.score_dtype))
 
     # -- push: the teacher's own batches (KD-MKB) ------------------------------------------------
-    def push(self, round_: int, batches: list[torch.Tensor], students: list[str], step: int) -> list[bytes]:
-        """A ``SoftLabels`` message per student over the queries of ``batches`` it shares with that student."""
+    def push(self, round_: int, batches: list[torch.Tensor], students: list[str], step: int) -> list[list[bytes]]:
+        """Per student, the ``SoftLabels`` messages over the queries of ``batches`` it shares with that student."""
         lessons: dict[int, list[exchange.SoftLabelBlock]] = {}
-        payloads = []
+        messages = []
         for student in students:
             pools = self.alignment.peers.get(student)
             if pools is not None and pools.signature not in lessons:
                 lessons[pools.signature] = self._own_batch_blocks(batches, pools, step)
             blocks = [] if pools is None else lessons[pools.signature]
-            payloads.append(exchange.encode(exchange.SoftLabels(self.job_id, round_, self.name, student, tuple(blocks))))
-        return payloads
+            messages.append(exchange.encode_messages(exchange.SoftLabels(self.job_id, round_, self.name, student, tuple(blocks)), self.max_label_bytes))
+        return messages
 
     def _own_batch_blocks(self, batches: list[torch.Tensor], pools: PeerPools, step: int) -> list[exchange.SoftLabelBlock]:
         steps = torch.cat([torch.full((len(b),), s) for s, b in enumerate(batches)])
@@ -115,8 +116,8 @@ class Teacher(Side):
         self._candidate_cache = {(key.rsplit("/", 1)[0], QueryKind(int(key.rsplit("/", 1)[1]))): tuple(entry) for key, entry in state.items()}
 
     # -- pull: a student's queries ---------------------------------------------------------------
-    def answer(self, payload: bytes) -> tuple[str, bytes]:
-        """The asking student and ``SoftLabels`` over a student's ``Queries``; queries or candidates it does not share with that student are refused."""
+    def answer(self, payload: bytes) -> tuple[str, list[bytes]]:
+        """The asking student and the ``SoftLabels`` messages over its ``Queries``; queries or candidates it does not share with that student are refused."""
         try:
             asked = exchange.decode_queries(payload)
         except ValueError as error:
@@ -143,4 +144,4 @@ class Teacher(Side):
             if not pools.shares(kind, queries, candidates):
                 raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
             blocks.extend(self._blocks(kind, np.full(queries.shape[0], block.step), queries, candidates, tail_pool))
-        return asked.student, exchange.encode(exchange.SoftLabels(asked.job_id, asked.round, self.name, asked.student, tuple(blocks)))
+        return asked.student, exchange.encode_messages(exchange.SoftLabels(asked.job_id, asked.round, self.name, asked.student, tuple(blocks)), self.max_label_bytes)

@@ -86,6 +86,7 @@ class KBWorker:
         self.settings = settings if type(settings) is self.type_class.settings_model else self.type_class.validate_settings(settings or {})
         self.type_class.prepare_process(self.settings)
         self.kb: KnowledgeBase = load_kb(data_dir, limits)
+        self.max_label_bytes = (limits or Limits()).max_label_bytes
         self.type_class.check_kb(self.kb, self.settings)
         self.known = KnownAnswers(self.kb.known_triples(), len(self.kb.entities), len(self.kb.relations))
         self._train = torch.from_numpy(self.kb.train)
@@ -125,7 +126,7 @@ class KBWorker:
             distill.combination, distill.combination_settings, temperature=distill.temperature, relation_weight=distill.relation_weight, context=context
         )
         side = Side(self.name, self.job_id, model, self.alignment, distill)
-        return model, Teacher(side, self._train, self.settings.batch_size), Student(side, combination)
+        return model, Teacher(side, self._train, self.settings.batch_size, self.max_label_bytes), Student(side, combination)
 
     def configure(
         self, job_id: str, seed: int, distill: DistillSettings | dict | None = None, alignment: AlignmentView | None = None, teachers: list[str] | tuple[str, ...] | None = None
@@ -166,29 +167,43 @@ class KBWorker:
         """The model that answers Predict; the actor answers from a snapshot instead, so that Predict never waits for a round."""
         return self._evaluating()
 
-    def _sent(self, peer: str, payload: bytes) -> None:
+    def _post(self, message: bytes):
+        """A message as it leaves this worker: the bytes themselves; the actor puts each into Ray's object store."""
+        return message
+
+    def _fetch(self, posted) -> bytes:
+        """A message :meth:`_post` made, as bytes."""
+        return posted
+
+    def _send(self, peer: str, messages: list[bytes]) -> list:
+        """The ``SoftLabels`` messages for ``peer``, metered and posted."""
         labels = (self.name, peer, self.job_id)
-        metrics.WORKER_SENT_BYTES.labels(*labels).inc(len(payload))
-        metrics.WORKER_SENT_MESSAGES.labels(*labels).inc()
+        metrics.WORKER_SENT_BYTES.labels(*labels).inc(sum(map(len, messages)))
+        metrics.WORKER_SENT_MESSAGES.labels(*labels).inc(len(messages))
+        return [self._post(message) for message in messages]
 
     # -- teaching --------------------------------------------------------------------------
     def teach(self, round_: int, steps: int, students: list[str]) -> tuple:
-        """Push: ``(stats, payload_for_student_1, ...)``, each a ``SoftLabels`` message over the
-        queries of this round's batches whose given parts are aligned with that student."""
+        """Push: ``(stats, messages_for_student_1, ...)``, each a list of ``SoftLabels`` messages over the
+        queries of this round's batches whose given parts are aligned with that student (several when
+        they exceed ``max_label_bytes``)."""
         started = time.perf_counter()
         with self._evaluating(), torch.no_grad():
-            payloads = self.teacher.push(round_, self.schedule.batches(round_, steps), students, self.step)
-        for student, payload in zip(students, payloads):
-            self._sent(student, payload)
-        return ({"bytes": {s: len(p) for s, p in zip(students, payloads)}, "seconds": time.perf_counter() - started}, *payloads)
+            messages = self.teacher.push(round_, self.schedule.batches(round_, steps), students, self.step)
+        stats = {
+            "bytes": {s: sum(map(len, m)) for s, m in zip(students, messages)},
+            "messages": {s: len(m) for s, m in zip(students, messages)},
+            "seconds": time.perf_counter() - started,
+        }
+        return (stats, *(self._send(s, m) for s, m in zip(students, messages)))
 
     def answer(self, queries: bytes) -> tuple:
-        """Pull: ``(stats, payload)``, a ``SoftLabels`` message over a student's ``Queries``."""
+        """Pull: ``(stats, messages)``, the ``SoftLabels`` messages over a student's ``Queries``."""
         started = time.perf_counter()
         with self._evaluating(), torch.no_grad():
-            student, payload = self.teacher.answer(queries)
-        self._sent(student, payload)
-        return {"bytes": len(payload), "student": student, "seconds": time.perf_counter() - started}, payload
+            student, messages = self.teacher.answer(queries)
+        stats = {"bytes": sum(map(len, messages)), "messages": len(messages), "student": student, "seconds": time.perf_counter() - started}
+        return stats, self._send(student, messages)
 
     # -- learning --------------------------------------------------------------------------
     def ask(self, round_: int, steps: int, teacher: str, rule: str = "top-k") -> tuple:
@@ -198,15 +213,17 @@ class KBWorker:
         metrics.WORKER_QUERY_SENT_BYTES.labels(self.name, teacher, self.job_id).inc(len(payload))
         return {"bytes": len(payload)}, payload
 
-    def train(self, round_: int, steps: int, *payloads: bytes, weights: dict[str, float] | None = None) -> dict:
+    def train(self, round_: int, steps: int, *inbound: list, weights: dict[str, float] | None = None) -> dict:
         """``steps`` updates on this round's batches, each ``(1-alpha) L_own + alpha L_KD`` when it has soft labels.
 
-        ``weights`` gives each teacher's weight in the round's plan (default 1).
+        Each of ``inbound`` is one teacher's messages (what its :meth:`teach` or :meth:`answer`
+        posted), fetched one at a time and all read before the first update: a bad one changes
+        nothing. ``weights`` gives each teacher's weight in the round's plan (default 1).
         """
         self._require_model()
-        lessons, teachers = self.student.lessons(payloads, weights or {})
-        for teacher, payload in zip(teachers, payloads):
-            metrics.WORKER_RECEIVED_BYTES.labels(self.name, teacher, self.job_id).inc(len(payload))
+        lessons, received = self.student.lessons((self._fetch(posted) for messages in inbound for posted in messages), weights or {})
+        for teacher, size in received:
+            metrics.WORKER_RECEIVED_BYTES.labels(self.name, teacher, self.job_id).inc(size)
             metrics.WORKER_RECEIVED_MESSAGES.labels(self.name, teacher, self.job_id).inc()
         batches = [self._train[rows] for rows in self.schedule.batches(round_, steps)]
         self.schedule.end_round()

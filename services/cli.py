@@ -336,7 +336,7 @@ def serve(
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback address without TLS and tokens (a private network only).")] = False,
     limit: Annotated[
         Optional[list[str]],
-        typer.Option("--limit", help="A server limit as NAME=VALUE (repeatable): max_kbs, max_file_bytes, max_triples, max_dim, max_batch_size, max_threads, max_message_bytes, max_streams, unary_threads; see deploy/README.md."),
+        typer.Option("--limit", help="A server limit as NAME=VALUE (repeatable): max_kbs, max_file_bytes, max_triples, max_dim, max_batch_size, max_threads, max_message_bytes, max_label_bytes (one soft-label message between KB workers; larger rounds are cut between steps), max_streams, unary_threads; see deploy/README.md."),
     ] = None,
 ) -> None:
     """Run the coordinator until interrupted."""

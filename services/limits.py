@@ -27,6 +27,7 @@ class Limits(Strict):
     max_batch_size: int = Field(65536, gt=0, description="A worker's batch_size and eval_batch_size.")
     max_threads: int = Field(64, gt=0, description="A worker's torch threads (settings.threads).")
     max_message_bytes: int = Field(64 * 2**20, gt=0, description="Size of a gRPC message the server sends or receives.")
+    max_label_bytes: int = Field(64 * 2**20, gt=0, description="Size of one SoftLabels message between KB workers (a Ray object); a round's labels for a student travel as several, cut between steps.")
     max_streams: int = Field(256, gt=0, description="WatchJob streams open at once; each holds one server thread.")
     unary_threads: int = Field(32, gt=0, description="Server threads kept for unary calls (health, GetJob, Predict, ...) beside the streams.")
 

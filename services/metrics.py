@@ -59,6 +59,9 @@ ROUND_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 ROUTED_BYTES = Counter("kdmkb_coordinator_soft_label_routed_bytes", "Bytes of SoftLabels routed from teacher to student.", ("teacher", "student", "job"))
+ROUTED_MESSAGES = Counter(
+    "kdmkb_coordinator_soft_label_routed_messages", "SoftLabels messages routed from teacher to student (several a round when its labels exceed max_label_bytes).", ("teacher", "student", "job")
+)
 ROUTED_QUERY_BYTES = Counter("kdmkb_coordinator_query_routed_bytes", "Bytes of Queries routed from student to teacher (pull exchange).", ("student", "teacher", "job"))
 JOB_ROUNDS = Gauge("kdmkb_coordinator_job_completed_rounds", "Rounds the job has completed.", ("job",))
 JOB_STATE = Gauge("kdmkb_coordinator_job_state", "The job's state: 1 for its current state, 0 for the others.", ("job", "state"))

@@ -60,8 +60,8 @@ def _shared_ids(partial) -> tuple[set[int], set[int]]:
 
 def test_soft_labels_carry_aligned_ids_only(partial):
     teacher = partial["workers"]["a"]
-    stats, payload = teacher.teach(7, STEPS, ["b"])
-    assert stats["bytes"] == {"b": len(payload)} and len(payload) > 0
+    stats, (payload,) = teacher.teach(7, STEPS, ["b"])
+    assert stats["bytes"] == {"b": len(payload)} and stats["messages"] == {"b": 1} and len(payload) > 0
     lesson = exchange.decode(payload)
     assert (lesson.job_id, lesson.round, lesson.teacher, lesson.student) == ("job-x", 7, "a", "b")
 
@@ -102,7 +102,7 @@ def test_soft_labels_name_only_the_students_shared_ids(partial, tmp_path):
     views = merge(["a", "b", "c"], pairs)
     teacher = KBWorker("a", out / "a", "transe", SETTINGS)
     teacher.configure("job-y", 0, DISTILL, views["a"])
-    _, to_b, to_c = teacher.teach(0, STEPS, ["b", "c"])
+    _, (to_b,), (to_c,) = teacher.teach(0, STEPS, ["b", "c"])
     ids_c = {views["a"].entities[x] for x in few}
     for block in exchange.decode(to_c).blocks:
         if block.kind != QueryKind.RELATION:
@@ -117,9 +117,9 @@ def test_soft_labels_name_only_the_students_shared_ids(partial, tmp_path):
 
 def test_student_learns_from_the_payload(partial):
     teacher, student = partial["workers"]["a"], partial["workers"]["b"]
-    _, payload = teacher.teach(1, STEPS, ["b"])
+    _, messages = teacher.teach(1, STEPS, ["b"])
     before = student.export()["entity"][1].copy()
-    result = student.train(1, STEPS, payload)
+    result = student.train(1, STEPS, messages)
     assert result["kd_loss"] > 0
     assert np.isfinite(result["loss"]) and result["loss"] > 0
     assert not np.array_equal(before, student.export()["entity"][1])
@@ -129,9 +129,9 @@ def test_student_learns_from_the_payload(partial):
 
 def test_payload_for_another_student_is_refused(partial):
     teacher = partial["workers"]["a"]
-    _, payload = teacher.teach(2, STEPS, ["b"])
+    _, messages = teacher.teach(2, STEPS, ["b"])
     with pytest.raises(DataError, match="routed"):
-        teacher.train(2, STEPS, payload)  # a's own lesson for b, routed back to a
+        teacher.train(2, STEPS, messages)  # a's own lesson for b, routed back to a
 
 
 def test_payload_with_an_unshared_id_is_refused(partial):
@@ -141,7 +141,7 @@ def test_payload_with_an_unshared_id_is_refused(partial):
     block = exchange.SoftLabelBlock(QueryKind.TAIL, 0, np.array([[min(entities), min(relations)]]), np.array([[min(entities), foreign]]), np.zeros((1, 2), np.float32))
     payload = exchange.encode(exchange.SoftLabels("job-x", 0, "a", "b", (block,)))
     with pytest.raises(DataError, match=f"alignment id {foreign}"):
-        student.train(0, STEPS, payload)
+        student.train(0, STEPS, [payload])
 
 
 # -- pull: a student's queries, a teacher's answer ------------------------------------------------
@@ -165,8 +165,8 @@ def test_queries_and_answers_carry_aligned_ids_only(partial, rule):
         if block.candidates is not None:
             assert set(block.candidates.ravel().tolist()) <= (relations if block.kind == QueryKind.RELATION else entities)
 
-    stats, answer = teacher.answer(payload)
-    assert stats["bytes"] == len(answer) and stats["student"] == "b"
+    stats, (answer,) = teacher.answer(payload)
+    assert stats["bytes"] == len(answer) and stats["messages"] == 1 and stats["student"] == "b"
     labels = exchange.decode(answer)
     assert (labels.teacher, labels.student, labels.round) == ("a", "b", 11)
     asked_by_step = {(b.kind, b.step): b for b in asked.blocks}
@@ -186,7 +186,7 @@ def test_queries_and_answers_carry_aligned_ids_only(partial, rule):
             expected = teacher.model.score(block.kind, *local)
             teacher.model.modules().train()
         np.testing.assert_allclose(block.scores, expected.numpy(), rtol=1e-5, atol=1e-5)
-    result = student.train(11, STEPS, answer)
+    result = student.train(11, STEPS, [answer])
     assert result["kd_loss"] > 0 and np.isfinite(result["loss"])
 
 

@@ -46,7 +46,8 @@ def workers(folder, **combination) -> dict[str, KBWorker]:
     return result
 
 
-def pull(kbs: dict[str, KBWorker], round_: int, rule: str) -> list[bytes]:
+def pull(kbs: dict[str, KBWorker], round_: int, rule: str) -> list[list[bytes]]:
+    """Each teacher's messages answering the student's queries."""
     payloads = []
     for teacher in TEACHERS:
         _, queries = kbs["student"].ask(round_, STEPS, teacher, rule)
@@ -56,7 +57,7 @@ def pull(kbs: dict[str, KBWorker], round_: int, rule: str) -> list[bytes]:
 
 def test_a_compact_answer_is_a_shared_list_and_a_tail_bucket_bytes_per_query_exactly(kb_folder):
     kbs = workers(kb_folder)
-    full, compact = pull(kbs, 0, "all")[0], pull(kbs, 0, "shared")[0]
+    (full,), (compact,) = pull(kbs, 0, "all")[0], pull(kbs, 0, "shared")[0]
     queries = 2 * STEPS * BATCH  # a tail and a head query per triple of the round's batches
     full_blocks = soft_labels_pb2.SoftLabels.FromString(full).blocks
     assert len(full_blocks) == 2 * STEPS and not any(b.tail_bucket for b in full_blocks)
@@ -88,7 +89,7 @@ def test_the_student_trains_on_every_teachers_answers_and_records_its_choices(kb
     kbs = workers(kb_folder, state=state)
     policy = kbs["student"].student.combination.modules()
     before = [p.detach().clone() for p in policy.parameters()]
-    result = kbs["student"].student.train([kbs["student"]._train[rows] for rows in kbs["student"].schedule.batches(0, STEPS)], kbs["student"].student.lessons(tuple(pull(kbs, 0, rule)), {})[0])
+    result = kbs["student"].student.train([kbs["student"]._train[rows] for rows in kbs["student"].schedule.batches(0, STEPS)], kbs["student"].student.lessons([m for messages in pull(kbs, 0, rule) for m in messages], {})[0])
     assert result["kd_steps"] == STEPS and np.isfinite(result["kd_loss"])
     assert sum(result["teacher_subsets"].values()) == 2 * STEPS * BATCH
     assert all(set(label.split("+")) <= set(TEACHERS) for label in result["teacher_subsets"])

@@ -37,7 +37,7 @@ def teacher(folder, refresh_epochs: float) -> KBWorker:
 
 
 def tail_lessons(worker: KBWorker, round_: int):
-    _, payload = worker.teach(round_, 2, ["student"])
+    _, (payload,) = worker.teach(round_, 2, ["student"])
     blocks = [b for b in exchange.decode(payload).blocks if b.kind == QueryKind.TAIL]
     return np.concatenate([b.queries for b in blocks]), np.concatenate([b.candidates for b in blocks]), np.concatenate([b.scores for b in blocks])
 
@@ -75,9 +75,9 @@ def test_cached_candidates_persist_but_scores_are_fresh(kb_folder):
 
 def test_scores_in_chunks_equal_scores_in_one_call(kb_folder, monkeypatch):
     """The teacher scores a round in slices of the type's slice_pairs pairs; the lesson must not depend on the slicing."""
-    whole = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
+    (whole,) = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
     monkeypatch.setattr(WorkerType, "slice_pairs", 7)  # several slices per block, one row per slice for relations
-    sliced = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
+    (sliced,) = teacher(kb_folder, refresh_epochs=0).teach(0, 2, ["student"])[1]
     a, b = exchange.decode(whole).blocks, exchange.decode(sliced).blocks
     assert len(a) == len(b) > 0 and {x.kind for x in a} == {QueryKind.TAIL, QueryKind.HEAD, QueryKind.RELATION}
     for x, y in zip(a, b):
