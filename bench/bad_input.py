@@ -8,7 +8,8 @@ RPCs go to a real coordinator and gRPC server on 127.0.0.1:0 (local Ray) whose d
 temporary folder holding the nations KBs and the bad files; its limits are the defaults except
 ``max_file_bytes`` (1 MB, so that "huge" needs no gigabytes). Job files go through
 ``load_job_file`` (what ``kdmkb run`` reads them with), checkpoints through ``KBWorker.load`` (what
-a job's resume calls). Paths in the answers are shortened to ``<root>``.
+a job's resume calls), soft labels over ``max_label_bytes`` through ``KBWorker.teach`` (what a job's
+round calls; the job fails with that error as its reason). Paths in the answers are shortened to ``<root>``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kdmkb.services.wire import to_struct
 
 WORKER = {"dim": 16, "batch_size": 64, "negatives": 8, "learning_rate": 0.01}
 MAX_FILE_BYTES = 1 << 20
+MAX_LABEL_BYTES = 16 << 10  # below one step's soft labels between the nations KBs (about 24 kB)
 
 
 def kb_folder(root: Path, name: str, source: Path, **replace: bytes) -> Path:
@@ -185,6 +187,21 @@ def checkpoint_cases(root: Path, left: Path, right: Path) -> list[tuple[str, str
     ]
 
 
+def label_cases(left: Path, right: Path) -> list[tuple[str, str, Callable[[], object]]]:
+    """(category, input, call) for soft labels over ``max_label_bytes``, tried with in-process workers (what a job's round calls)."""
+    from kdmkb.coordinator.alignment import build_pair, merge
+    from kdmkb.kb_worker.worker import KBWorker
+    from kdmkb.services.limits import Limits
+
+    workers = {folder.name: KBWorker(folder.name, folder, "transe", WORKER, Limits(max_label_bytes=MAX_LABEL_BYTES)) for folder in (left, right)}
+    stem = left.parent / "alignments" / "left__right"
+    pair = build_pair("left", "right", workers["left"].vocabulary(), workers["right"].vocabulary(), f"{stem}.entities.tsv", f"{stem}.relations.tsv")
+    views = merge(list(workers), [pair])
+    for name, worker in workers.items():
+        worker.configure("job", 0, {}, views[name])
+    return [("soft labels", f"one step's labels over max_label_bytes ({MAX_LABEL_BYTES >> 10} KiB)", lambda: workers["left"].teach(0, 5, ["right"]))]
+
+
 def answer_of_call(call: Callable[[], object]) -> tuple[str, str]:
     try:
         call()
@@ -223,6 +240,8 @@ def main() -> None:
             rows.append((category, what, "load_job_file", *answer_of_call(lambda p=path: load_job_file(p))))
         for category, what, call in checkpoint_cases(root, left, right):
             rows.append((category, what, "KBWorker.load", *answer_of_call(call)))
+        for category, what, call in label_cases(left, right):
+            rows.append((category, what, "KBWorker.teach", *answer_of_call(call)))
 
         coordinator = Coordinator(data_roots=DataRoots([str(root)]), limits=Limits(max_file_bytes=MAX_FILE_BYTES))
         server, port = start_server(coordinator, "127.0.0.1:0")
