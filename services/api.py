@@ -240,6 +240,7 @@ class Result:
             raise PreconditionError(f"kb: this result has no checkpoint of KB {kb!r} to predict with")
         import torch
 
+        from kdmkb.coordinator.strategies import make_strategy
         from kdmkb.kb_worker import checkpoints
         from kdmkb.kb_worker.worker import KBWorker
         from kdmkb.kb_worker.worker_types import WORKER_TYPES
@@ -250,7 +251,8 @@ class Result:
         generators = checkpoints.random_state()  # loading restores the job's generators; this process keeps its own
         try:
             worker = KBWorker(kb, entry.data, entry.worker_type, settings)
-            worker.configure(self.report["job_id"], self.job.job.seed, self.job.job.distill())
+            teachers = make_strategy(self.job.strategy, self.kbs, self.job.job, self.job.strategy_settings).teachers_of(kb)  # a dsom student's policy is theirs
+            worker.configure(self.report["job_id"], self.job.job.seed, self.job.job.distill(), teachers=teachers)
             worker.load(self.checkpoints[kb].parent, self.report["rounds"])
         except KdmkbError as error:
             raise PreconditionError(f"kb: cannot rebuild KB {kb!r} from its data folder {entry.data} and checkpoint {self.checkpoints[kb]}: {error}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from kdmkb.coordinator.strategies import make_strategy
 from kdmkb.kb_worker.worker import AlignmentView, KBWorker
@@ -75,3 +76,25 @@ def test_a_teacher_without_a_policy_still_answers_and_the_student_learns(kb_fold
     workers["text"].save(tmp_path / "text", 1)
     workers["text"].load(tmp_path / "text", 1)  # its checkpoint holds no policy and loads back
     assert workers["text"].student.combination.modules() is None
+
+
+def test_a_dsom_jobs_result_predicts_with_its_student(kb_folder, tmp_path):
+    """Result rebuilds the student with the policy its checkpoint holds: the strategy names its teachers (the result has no alignment views)."""
+    from kdmkb.kb_worker import checkpoints
+    from kdmkb.services.api import Result
+    from kdmkb.services.config import job_file_from_dict
+
+    workers = dsom_workers(kb_folder)
+    student = workers["student"]
+    inbound = []
+    for teacher in ("structure", "text"):
+        _, queries = student.ask(0, 2, teacher, "all")
+        inbound.append(workers[teacher].answer(queries)[1])
+    student.train(0, 2, *inbound)
+    student.save(tmp_path / "student", 1)
+    entries = [{"name": name, "data": str(kb_folder), "worker_type": "feature-complex", "settings": {"rank": 4, "batch_size": 16, **({"features": "text"} if name == "text" else {})}} for name in KBS]
+    job = job_file_from_dict({"strategy": {"name": "dsom", "student": "student"}, "job": {"rounds": 1, **DISTILL}, "kb": entries})
+    result = Result(job, {"job_id": "job", "strategy": "dsom", "rounds": 1, "kbs": {}}, [], {}, {"student": checkpoints.path(tmp_path / "student", 1)})
+    assert [p.entity for p in result.predict("student", "e0", "r0", k=3)] == [p["entity"] for p in student.predict("e0", "r0", k=3)]
+    rebuilt = result._worker("student").student.combination.modules().state_dict()
+    assert all(torch.equal(rebuilt[k], v) for k, v in student.student.combination.modules().state_dict().items())
