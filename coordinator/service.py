@@ -82,8 +82,37 @@ class Coordinator:
                 except KdmkbError as error:
                     job.state, job.error = "FAILED", f"cannot resume after restart: {error}"
                     self.store.save_job(job.to_dict())
+        for name in list(self._kbs):
+            if not self._busy(name):  # a resumed job restores its own KBs
+                self._restore_model(name)
         self._export_job_states()
         self.store.save_scrape_targets(self.scrape_targets())  # also when no KB could be re-opened
+
+    def _restore_model(self, name: str) -> None:
+        """Gives a KB whose worker started outside a job the model its newest job left: that job's newest usable checkpoint.
+
+        Without it, a KB would answer Predict with "no model yet" after a coordinator restart or a
+        restarted worker, although its trained model is on disk.
+        """
+        with self._lock:
+            kb = self._kbs[name]
+            jobs = [job for job in self._jobs.values() if name in job.kbs and job.checkpoints and job.kb_specs.get(name, kb.spec) == kb.spec]
+        if not jobs:
+            return
+        job = max(jobs, key=lambda job: job.updated_at)
+        settings = JobSettings.model_validate(job.settings)
+        rounds = sorted(map(int, job.checkpoints), reverse=True)
+        try:
+            restored = self._call(kb.handle.restore_model.remote(job.job_id, settings.seed, settings.distill(), str(self.store.checkpoint_dir(job.job_id, name)), rounds), name)
+        except KdmkbError as error:  # the worker ended meanwhile: it serves nothing until restarted
+            log.error("KB %r: cannot restore the model of job %s: %s", name, job.job_id, error)
+            return
+        for round_, reason in restored["unusable"]:
+            log.error("KB %r: checkpoint of round %d of job %s unusable, trying an older one: %s", name, round_, job.job_id, reason)
+        if restored["round"] is None:
+            log.error("KB %r: no checkpoint of job %s is usable; it has no model until its next job", name, job.job_id)
+        else:
+            log.info("KB %r: model restored from round %d of job %s", name, restored["round"], job.job_id)
 
     def _persist_kbs(self) -> None:
         self.store.save_kbs({name: kb.spec for name, kb in self._kbs.items()})
@@ -119,7 +148,8 @@ class Coordinator:
         with self._lock:
             existing = self._kbs.get(name)
             if existing and existing.spec == spec:
-                self.revive_dead([name])
+                if self.revive_dead([name])[1] and not self._busy(name):
+                    self._restore_model(name)
                 return self._describe_kb(name)
             if existing and self._busy(name):
                 raise PreconditionError(f"KB {name!r} is in running job {self._busy(name)!r}; stop it before re-registering")

@@ -62,6 +62,13 @@ class KBWorkerActor(KBWorker):
         self._take_snapshot(rebuild=True)
         return step
 
+    def restore_model(self, *args, **kwargs) -> dict:
+        restored = KBWorker.restore_model(self, *args, **kwargs)  # its configure and load take the snapshots
+        if restored["round"] is None:
+            with self._snapshot_lock:
+                self._snapshot = None
+        return restored
+
     def _post(self, message: bytes) -> ray.ObjectRef:
         """Each message its own object (owned by this actor), so that none exceeds ``max_label_bytes`` however large the round."""
         return ray.put(message)

@@ -344,3 +344,20 @@ class KBWorker:
         self.schedule.restore(state["schedule"])
         checkpoints.set_random_state(state["random"])
         return self.step
+
+    def restore_model(self, job_id: str, seed: int, distill: DistillSettings, directory: str | Path, rounds: list[int]) -> dict:
+        """The model a job left, outside any job: the newest usable checkpoint of ``rounds`` (newest first).
+
+        Returns the round restored (None: no model, as before any job) and why each newer one was unusable.
+        """
+        unusable = []
+        for round_ in rounds:
+            self.configure(job_id, seed, distill)
+            try:
+                self.load(directory, round_)
+            except DataError as error:
+                unusable.append((round_, str(error)))
+                continue
+            return {"round": round_, "unusable": unusable}
+        self.model = self.teacher = self.student = None
+        return {"round": None, "unusable": unusable}

@@ -139,6 +139,43 @@ def test_a_stopped_job_resumes_and_ends_as_an_uninterrupted_one(ray_session, tmp
         coordinator.shutdown()
 
 
+def test_a_restarted_coordinator_serves_the_models_its_jobs_left(ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings, caplog):
+    """Each KB gets back its newest job's newest usable checkpoint; a damaged one gives way to the one before, named in the log."""
+    data = tmp_path / "state"
+    settings = {**job_settings, "rounds": 4, "eval_every": 0, "checkpoint_every": 2}
+
+    def answers(coordinator: Coordinator) -> dict:
+        return {kb: coordinator.predict(kb, "usa", "treaties", k=5) for kb in kb_names}
+
+    first = Coordinator(data)
+    try:
+        _register(first, nations_split, kb_names, alignment_files, worker_settings)
+        _ran(first, "none", list(kb_names), {**settings, "rounds": 2})
+        job = _ran(first, "cooperative", list(kb_names), settings)
+        trained = answers(first)
+        _ran(first, "none", [kb_names[1]], {**settings, "rounds": 2, "seed": 7})  # kb_names[1]'s newest job is another one
+        trained[kb_names[1]] = answers(first)[kb_names[1]]
+    finally:
+        first.shutdown()
+
+    second = Coordinator(data)
+    try:
+        assert answers(second) == trained
+    finally:
+        second.shutdown()
+
+    newest = data / "checkpoints" / job.job_id / kb_names[0] / "round-000004.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with caplog.at_level(logging.ERROR, logger="kdmkb.coordinator.service"):
+        third = Coordinator(data)
+    try:
+        older = third.predict(kb_names[0], "usa", "treaties", k=5)
+        assert older != trained[kb_names[0]]  # round 2's model, not round 4's
+        assert any("round 4" in message and job.job_id in message for message in caplog.messages), caplog.messages
+    finally:
+        third.shutdown()
+
+
 def _served_job(stub, settings: dict) -> pb.Job:
     job = stub.CreateJob(pb.CreateJobRequest(strategy="cooperative", kbs=["left", "right"], settings=to_struct(settings)), timeout=TIMEOUT).job
     stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
@@ -211,17 +248,21 @@ def test_a_killed_kb_worker_is_restarted_and_its_job_continues(ray_session, tmp_
         job = coordinator.create_job("cooperative", list(kb_names), settings)
         coordinator.start_job(job.job_id)
         events = coordinator.watch_job(job.job_id, poll_seconds=0.05)
-        seen = []
+        seen, killed = [], False
         for event in events:
             seen.append(event)
-            if event.round == 3 and len([e for e in seen if e.kind == "restarted"]) == 0:
+            if event.round == 3 and not killed:  # once: more events of round 3 may come before the restart
                 _kill_worker(coordinator, kb_names[0])
+                killed = True
         assert job.state == "SUCCEEDED", job.error
         restarted = [event for event in seen if event.kind == "restarted"]
         assert len(restarted) == 1 and repr(kb_names[0]) in restarted[0].message and restarted[0].round <= 3, restarted
         assert _metrics(job) == _metrics(whole)
 
         # killed while idle: unhealthy in ListKBs, UNAVAILABLE (plain words) to Predict and Evaluate, restarted by an identical RegisterKB
+        # with the model its last job left
+        question = pb.PredictRequest(kb=kb_names[1], head="usa", relation="treaties", k=5)
+        before = stub.Predict(question, timeout=TIMEOUT).predictions
         _kill_worker(coordinator, kb_names[1])
         listed = {kb.name: kb for kb in stub.ListKBs(pb.ListKBsRequest(), timeout=TIMEOUT).kbs}
         assert listed[kb_names[0]].healthy and not listed[kb_names[1]].healthy
@@ -236,6 +277,7 @@ def test_a_killed_kb_worker_is_restarted_and_its_job_continues(ray_session, tmp_
             assert repr(kb_names[1]) in raised.value.details() and "Ray" not in raised.value.details() and "Actor" not in raised.value.details()
         again = pb.RegisterKBRequest(name=kb_names[1], data_dir=str(folders / kb_names[1]), worker_type="transe", settings=to_struct(worker_settings))
         assert stub.RegisterKB(again, timeout=TIMEOUT).kb.healthy
+        assert stub.Predict(question, timeout=TIMEOUT).predictions == before
         assert coordinator.store.load_alignments()  # an identical registration keeps the alignment
 
         # a worker that cannot be restarted (its folder gone): the job fails in plain words, and StartJob resumes it once it can
