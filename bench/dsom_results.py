@@ -3,7 +3,11 @@
 One KB folder holds FB15k-237's structure, ``features/text.npy`` (entity names and descriptions
 through the offline MiniLM encoder) and ``features/numeric.npy`` (numeric literals); no images
 exist offline. Every KB of the table is that folder: three teachers (``feature-complex`` plain,
-over text, over numeric literals) and the feature-less student, all aligned by name.
+over text, over numeric literals) and the feature-less student, all aligned by name. A fourth
+teacher over the Wikidata descriptions (``features/wikidata.npy``) joins with ``--teachers
+structure,text,numeric,wikidata``; the rows it teaches record it, and a work folder holds rows of
+one teacher set only. The missing-modality rows (Fig. 4) train their own feature teachers over a
+copy of the KB whose feature matrices lack the rows of the same 20, 50 or 80 % of the entities.
 
 The script drives :class:`KBWorker` objects in this one process, making the calls a ``dsom``
 job's rounds make (the student asks each teacher, each teacher answers, the student trains), so
@@ -35,10 +39,11 @@ import torch
 
 from kdmkb.kb_worker.ranking import evaluate_ranking
 from kdmkb.kb_worker.worker import AlignmentView, KBWorker
-from kdmkb.services.features import numeric_features, text_features
+from kdmkb.services.features import drop_feature_rows, missing_entities, numeric_features, text_features
 from kdmkb.services.tsv import read_rows, write_rows
 
-TEACHERS = {"structure": {}, "text": {"features": "text"}, "numeric": {"features": "numeric"}}
+TEACHERS = {"structure": {}, "text": {"features": "text"}, "numeric": {"features": "numeric"}, "wikidata": {"features": "wikidata"}}
+DEFAULT_TEACHERS = "structure,text,numeric"
 DSOM = {"combination": "dsom", "relation_weight": 0.0, "temperature": 4.0}
 # Each student row: the dsom combination's settings (and the exchange's answers); "complex-n3" is the student alone.
 ROWS: dict[str, dict] = {
@@ -55,14 +60,18 @@ ROWS: dict[str, dict] = {
     "best-teacher": {"selection": "best"},
     "best-strategy": {"selection": "best-subset"},
 }
-TEACHER_ROWS = [f"teacher-{name}" for name in TEACHERS] + ["teacher-average"]
+# Fig. 4: the percentage of entities without any feature row -> its rows (the teacher average and DSoM over those teachers).
+MISSING = {rate: (f"teacher-average-missing-{rate}", f"dsom-missing-{rate}") for rate in (20, 50, 80)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/fb15k-237"), help="FB15k-237 folder (triples, entity_text.tsv, numeric_literals.tsv.gz).")
     parser.add_argument("--out", type=Path, required=True, help="Work folder: the KB, checkpoints and results.json.")
-    parser.add_argument("--rows", default="all", help=f"Comma-separated rows, or all: {', '.join(TEACHER_ROWS + list(ROWS))}.")
+    parser.add_argument("--rows", default="all", help="Comma-separated rows, or all: teacher-<each of --teachers>, teacher-average, " + ", ".join([*ROWS, *(r for pair in MISSING.values() for r in pair)]) + ".")
+    parser.add_argument(
+        "--teachers", default=DEFAULT_TEACHERS, help=f"Comma-separated teachers of every student row, of {', '.join(TEACHERS)} (wikidata: FB15k-237's entity_wikidata.tsv descriptions)."
+    )
     parser.add_argument("--limit-train", type=int, default=0, help="Use the first N train triples only (and the valid/test triples of their entities): a quick check.")
     parser.add_argument("--rank", type=int, default=200, help="ComplEx rank of every teacher and student.")
     parser.add_argument("--batch-size", type=int, default=1000)
@@ -80,8 +89,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=1024, help="Policy MLP hidden width.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="Models' seed, and which entities the missing-modality rows strip of their features.")
+    args = parser.parse_args(argv)
+    args.teachers = args.teachers.split(",")
+    unknown = sorted(set(args.teachers) - set(TEACHERS))
+    if unknown:
+        parser.error(f"--teachers: unknown {', '.join(unknown)}; known: {', '.join(TEACHERS)}")
+    return args
+
+
+def table_rows(teachers: list[str]) -> list[str]:
+    """Every row of the table with these teachers, in the order they run."""
+    return [f"teacher-{name}" for name in teachers] + ["teacher-average", *ROWS] + [row for pair in MISSING.values() for row in pair]
 
 
 # -- the KB folder -------------------------------------------------------------------------------
@@ -111,6 +130,33 @@ def build_kb(data: Path, folder: Path, limit: int) -> Path:
     return folder
 
 
+def wikidata_features(data: Path, folder: Path) -> None:
+    """``features/wikidata.npy``: each entity's Wikidata label and description (as ``kdmkb features text --texts entity_wikidata.tsv
+    --header --columns 1,3,4 --name wikidata``); made once."""
+    if (folder / "features" / "wikidata.npy").is_file():
+        return
+    started = time.perf_counter()
+    _, counts = text_features(folder, texts=data / "entity_wikidata.tsv", name="wikidata", columns=(1, 3, 4), header=True)
+    print(f"kb: {folder} wikidata={counts} ({time.perf_counter() - started:.0f} s)")
+
+
+def masked_kb(folder: Path, rate: int, modalities: list[str], seed: int) -> Path:
+    """A KB folder beside ``folder``, the same triples (linked), whose ``modalities`` lack the rows of the same ``rate`` % of the entities
+    (chosen by ``seed``); made once."""
+    masked = folder.with_name(f"{folder.name}-missing-{rate}")
+    if all((masked / "features" / f"{modality}.npy").is_file() for modality in modalities):
+        return masked
+    names = [name for _, (name,) in read_rows(folder / "entities.tsv", 1)]
+    dropped = missing_entities(names, rate / 100, seed)
+    masked.mkdir(exist_ok=True)
+    for name in ("train.tsv", "valid.tsv", "test.tsv", "entities.tsv"):
+        if not (masked / name).exists():
+            (masked / name).symlink_to((folder / name).resolve())
+    left = drop_feature_rows(folder, masked, modalities, dropped)
+    print(f"kb: {masked} {len(dropped)} of {len(names)} entities without features (seed {seed}); rows left {left}")
+    return masked
+
+
 def _triples(data: Path, name: str) -> Path:
     plain = data / f"{name}.tsv"
     return plain if plain.is_file() else data / f"{name}.tsv.gz"
@@ -124,7 +170,7 @@ class Table:
         self.args, self.folder = args, folder
         self.results_path = args.out / "results.json"
         self.results = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
-        self.teachers: dict[str, KBWorker] = {}
+        self.trained: dict[str, KBWorker] = {}  # teacher name -> its worker, trained
 
     def worker_settings(self, extra: dict | None = None) -> dict:
         a = self.args
@@ -146,21 +192,37 @@ class Table:
         print(f"{row}: " + json.dumps(result, sort_keys=True), flush=True)
 
     # -- teachers ----------------------------------------------------------------------------
-    def train_teachers(self) -> None:
-        """Each teacher trained alone for --teacher-epochs (rounds checkpointed), then evaluated; resumes where it stopped."""
-        for name, features in TEACHERS.items():
-            worker = KBWorker(name, self.folder, "feature-complex", self.worker_settings(features))
-            worker.configure("dsom-teachers", self.args.seed, {}, self.view(worker, ["student"]))  # a teacher only answers
-            directory, rounds = self.args.out / "teachers" / name, self.steps(self.args.teacher_epochs, worker)
-            done, started = self._resume(worker, directory), time.perf_counter()
-            for round_ in range(done, rounds):
-                worker.train(round_, self.args.steps_per_round)
-                if (round_ + 1) % self.args.checkpoint_every == 0 or round_ + 1 == rounds:
-                    worker.save(directory, round_ + 1)
-            self.teachers[name] = worker
-            row = f"teacher-{name}"
-            if row not in self.results:
-                self.record(row, {"rounds": rounds, "steps": worker.step, "seconds_this_sitting": time.perf_counter() - started, **self._evaluate(worker)})
+    def teachers(self, missing: int = 0) -> dict[str, KBWorker]:
+        """The --teachers, trained; with ``missing``, the feature teachers are new ones over the KB whose features lack that % of the entities."""
+        if not missing:
+            return {name: self.teacher(name, self.folder, TEACHERS[name]) for name in self.args.teachers}
+        modalities = [TEACHERS[name]["features"] for name in self.args.teachers if TEACHERS[name]]
+        folder = masked_kb(self.folder, missing, modalities, self.args.seed)
+        teachers = {}
+        for name in self.args.teachers:
+            if TEACHERS[name]:
+                teachers[f"{name}-missing-{missing}"] = self.teacher(f"{name}-missing-{missing}", folder, TEACHERS[name])
+            else:  # the structure teacher has nothing to miss
+                teachers[name] = self.teacher(name, self.folder, {})
+        return teachers
+
+    def teacher(self, name: str, folder: Path, features: dict) -> KBWorker:
+        """Teacher ``name`` trained alone for --teacher-epochs (rounds checkpointed), then evaluated (its row); resumes where it stopped."""
+        if name in self.trained:
+            return self.trained[name]
+        worker = KBWorker(name, folder, "feature-complex", self.worker_settings(features))
+        worker.configure("dsom-teachers", self.args.seed, {}, self.view(worker, ["student"]))  # a teacher only answers
+        directory, rounds = self.args.out / "teachers" / name, self.steps(self.args.teacher_epochs, worker)
+        done, started = self._resume(worker, directory), time.perf_counter()
+        for round_ in range(done, rounds):
+            worker.train(round_, self.args.steps_per_round)
+            if (round_ + 1) % self.args.checkpoint_every == 0 or round_ + 1 == rounds:
+                worker.save(directory, round_ + 1)
+        self.trained[name] = worker
+        row = f"teacher-{name}"
+        if row not in self.results:
+            self.record(row, {"rounds": rounds, "steps": worker.step, "seconds_this_sitting": time.perf_counter() - started, **self._evaluate(worker)})
+        return worker
 
     def _resume(self, worker: KBWorker, directory: Path) -> int:
         rounds = sorted(int(p.stem.split("-")[-1]) for p in directory.glob("round-*.pt")) if directory.is_dir() else []
@@ -173,12 +235,12 @@ class Table:
     def _evaluate(self, worker: KBWorker) -> dict:
         return {split: worker.evaluate(split) for split in ("valid", "test")}
 
-    def teacher_average(self) -> None:
+    def teacher_average(self, row: str, teachers: dict[str, KBWorker]) -> None:
         """The teachers' mean logits ranked as one model (MoSE's average inference)."""
-        if "teacher-average" in self.results:
+        if row in self.results:
             return
-        first = next(iter(self.teachers.values()))
-        models = [w.model for w in self.teachers.values()]
+        first = next(iter(teachers.values()))
+        models = [w.model for w in teachers.values()]
         for model in models:
             model.modules().eval()
 
@@ -187,25 +249,26 @@ class Table:
                 return torch.stack([m.score(kind, queries.to(m.device), None if candidates is None else candidates.to(m.device)).float().cpu() for m in models]).mean(dim=0)
 
         result = {split: evaluate_ranking(score, first.kb.split(split), first.known, batch_size=first.settings.eval_batch_size).as_dict() for split in ("valid", "test")}
-        self.record("teacher-average", result)
+        self.record(row, {"teachers": sorted(teachers), **result})
 
     # -- student rows ------------------------------------------------------------------------
-    def student_row(self, row: str) -> None:
+    def student_row(self, row: str, teachers: dict[str, KBWorker], combination: dict) -> None:
+        """The student of ``row`` distilled from ``teachers`` with the dsom combination's settings ``combination`` (none: alone)."""
         if row in self.results:
             print(f"{row}: done before ({self.results_path})")
             return
-        combination = dict(ROWS[row])
+        combination = dict(combination)
         answers = combination.pop("answers", "full")
         alone = row == "complex-n3"
         distill = {**DSOM, "combination_settings": {"hidden": self.args.hidden, "state": "compact", **combination}} if not alone else {}
         student = KBWorker("student", self.folder, "feature-complex", self.worker_settings({"n3": self.args.n3}))
-        student.configure(f"dsom-{row}", self.args.seed, distill, self.view(student, [] if alone else list(self.teachers)))
+        student.configure(f"dsom-{row}", self.args.seed, distill, self.view(student, [] if alone else list(teachers)))
         directory, rounds = self.args.out / "rows" / row, self.steps(self.args.student_epochs, student)
         done, started = self._resume(student, directory), time.perf_counter()
         label_bytes = queries = 0
         for round_ in range(done, rounds):
             payloads = []
-            for name, teacher in ({} if alone else self.teachers).items():
+            for name, teacher in ({} if alone else teachers).items():
                 _, asked = student.ask(round_, self.args.steps_per_round, name, "all" if answers == "full" else "shared")
                 stats, labels = teacher.answer(asked)
                 payloads.append(labels)
@@ -224,14 +287,28 @@ class Table:
         self.record(
             row,
             {
+                **({} if alone else {"teachers": sorted(teachers)}),
                 "rounds": rounds,
                 "steps": student.step,
                 "seconds_this_sitting": time.perf_counter() - started,
-                "soft_label_bytes_per_query_this_sitting": label_bytes / (queries * len(self.teachers)) if queries else 0.0,
+                "steps_this_sitting": (rounds - done) * self.args.steps_per_round,
+                "policy_parameters": sum(p.numel() for p in learned.parameters()) if (learned := student.student.combination.modules()) is not None else 0,
+                "soft_label_bytes_per_query_this_sitting": label_bytes / (queries * len(teachers)) if queries else 0.0,
                 "subset_shares": {subset: count / total for subset, count in sorted(subsets.items())} if total else {},
                 **self._evaluate(student),
             },
         )
+
+
+def check_teachers(results: dict, rows: list[str], teachers: list[str]) -> None:
+    """Refuses to add rows distilled from other teachers than the finished ones of the work folder (a row without a record of its teachers had the default ones)."""
+    for row in rows:
+        done = results.get(row)
+        if done is None or row.startswith("teacher-") and not row.startswith("teacher-average"):
+            continue
+        recorded = [name.split("-missing-")[0] for name in done.get("teachers", DEFAULT_TEACHERS.split(","))]
+        if sorted(recorded) != sorted(teachers):
+            raise SystemExit(f"--teachers: row {row} of this work folder was distilled from {', '.join(sorted(recorded))}; give those, or another --out for {', '.join(teachers)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,17 +316,27 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     _common.header("DSoM results table (docs/results-dsom.md)", threads=str(args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = TEACHER_ROWS + list(ROWS) if args.rows == "all" else args.rows.split(",")
-    unknown = sorted(set(rows) - set(TEACHER_ROWS) - set(ROWS))
+    known = table_rows(args.teachers)
+    rows = known if args.rows == "all" else args.rows.split(",")
+    unknown = sorted(set(rows) - set(known))
     if unknown:
-        raise SystemExit(f"--rows: unknown {', '.join(unknown)}; known: {', '.join(TEACHER_ROWS + list(ROWS))}")
-    table = Table(args, build_kb(args.data, args.out / "kb", args.limit_train))
-    table.train_teachers()  # every student row needs them; their own rows come with them
-    if "teacher-average" in rows:
-        table.teacher_average()
+        raise SystemExit(f"--rows: unknown {', '.join(unknown)}; known with these --teachers: {', '.join(known)}")
+    folder = build_kb(args.data, args.out / "kb", args.limit_train)
+    if "wikidata" in args.teachers:
+        wikidata_features(args.data, folder)
+    table = Table(args, folder)
+    check_teachers(table.results, rows, args.teachers)
+    teachers = table.teachers()  # every row but the missing-modality ones needs them; their own rows come with them
     for row in rows:
-        if row in ROWS:
-            table.student_row(row)
+        if row == "teacher-average":
+            table.teacher_average(row, teachers)
+        elif row in ROWS:
+            table.student_row(row, teachers, ROWS[row])
+        for rate, (average, distilled) in MISSING.items():
+            if row == average:
+                table.teacher_average(row, table.teachers(rate))
+            elif row == distilled:
+                table.student_row(row, table.teachers(rate), ROWS["dsom"])
     print("\nrow\tvalid MRR\ttest MRR\ttest MR\ttest H@1\ttest H@3\ttest H@10")
     for row in rows:
         if row in table.results:
