@@ -103,7 +103,9 @@ class Coordinator:
         settings = JobSettings.model_validate(job.settings)
         rounds = sorted(map(int, job.checkpoints), reverse=True)
         try:
-            restored = self._call(kb.handle.restore_model.remote(job.job_id, settings.seed, settings.distill(), str(self.store.checkpoint_dir(job.job_id, name)), rounds), name)
+            teachers = make_strategy(job.strategy, job.kbs, settings, job.strategy_settings).teachers_of(name)  # a dsom student's policy is theirs
+            directory = str(self.store.checkpoint_dir(job.job_id, name))
+            restored = self._call(kb.handle.restore_model.remote(job.job_id, settings.seed, settings.distill(), directory, rounds, teachers), name)
         except KdmkbError as error:  # the worker ended meanwhile: it serves nothing until restarted
             log.error("KB %r: cannot restore the model of job %s: %s", name, job.job_id, error)
             return

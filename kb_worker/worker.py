@@ -345,14 +345,17 @@ class KBWorker:
         checkpoints.set_random_state(state["random"])
         return self.step
 
-    def restore_model(self, job_id: str, seed: int, distill: DistillSettings, directory: str | Path, rounds: list[int]) -> dict:
+    def restore_model(
+        self, job_id: str, seed: int, distill: DistillSettings, directory: str | Path, rounds: list[int], teachers: list[str] | tuple[str, ...] | None = None
+    ) -> dict:
         """The model a job left, outside any job: the newest usable checkpoint of ``rounds`` (newest first).
 
+        ``teachers`` as :meth:`configure` takes them (a dsom student's checkpoint holds a policy over its teachers).
         Returns the round restored (None: no model, as before any job) and why each newer one was unusable.
         """
         unusable = []
         for round_ in rounds:
-            self.configure(job_id, seed, distill)
+            self.configure(job_id, seed, distill, teachers=teachers)
             try:
                 self.load(directory, round_)
             except DataError as error:

@@ -98,3 +98,23 @@ def test_a_dsom_jobs_result_predicts_with_its_student(kb_folder, tmp_path):
     assert [p.entity for p in result.predict("student", "e0", "r0", k=3)] == [p["entity"] for p in student.predict("e0", "r0", k=3)]
     rebuilt = result._worker("student").student.combination.modules().state_dict()
     assert all(torch.equal(rebuilt[k], v) for k, v in student.student.combination.modules().state_dict().items())
+
+
+def test_a_dsom_student_restored_outside_its_job_gets_its_policy_back(kb_folder, tmp_path):
+    """A worker restarted outside the job (no alignment views) restores the student's checkpoint, policy included, given the strategy's teachers."""
+    from kdmkb.services.config import DistillSettings
+
+    workers = dsom_workers(kb_folder)
+    student = workers["student"]
+    inbound = []
+    for teacher in ("structure", "text"):
+        _, queries = student.ask(0, 2, teacher, "all")
+        inbound.append(workers[teacher].answer(queries)[1])
+    student.train(0, 2, *inbound)
+    student.save(tmp_path, 1)
+    fresh = KBWorker("student", kb_folder, "feature-complex", {"rank": 4, "batch_size": 16})
+    distill = DistillSettings.model_validate(DISTILL)
+    assert fresh.restore_model("job", 0, distill, tmp_path, [1], teachers=("structure", "text")) == {"round": 1, "unusable": []}
+    restored = fresh.student.combination.modules().state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in student.student.combination.modules().state_dict().items())
+    assert fresh.restore_model("job", 0, distill, tmp_path, [1])["round"] is None  # without its teachers the checkpoint does not fit
