@@ -149,8 +149,8 @@ def masked_kb(folder: Path, rate: int, modalities: list[str], seed: int) -> Path
     names = [name for _, (name,) in read_rows(folder / "entities.tsv", 1)]
     dropped = missing_entities(names, rate / 100, seed)
     masked.mkdir(exist_ok=True)
-    for name in ("train.tsv", "valid.tsv", "test.tsv", "entities.tsv"):
-        if not (masked / name).exists():
+    for name in ("train.tsv", "valid.tsv", "test.tsv", "entities.tsv", "relations.tsv"):  # the same vocabularies: aligned with the student by name
+        if (folder / name).is_file() and not (masked / name).exists():
             (masked / name).symlink_to((folder / name).resolve())
     left = drop_feature_rows(folder, masked, modalities, dropped)
     print(f"kb: {masked} {len(dropped)} of {len(names)} entities without features (seed {seed}); rows left {left}")
