@@ -78,12 +78,8 @@ def test_a_teacher_without_a_policy_still_answers_and_the_student_learns(kb_fold
     assert workers["text"].student.combination.modules() is None
 
 
-def test_a_dsom_jobs_result_predicts_with_its_student(kb_folder, tmp_path):
-    """Result rebuilds the student with the policy its checkpoint holds: the strategy names its teachers (the result has no alignment views)."""
-    from kdmkb.kb_worker import checkpoints
-    from kdmkb.services.api import Result
-    from kdmkb.services.config import job_file_from_dict
-
+def trained_student(kb_folder, directory) -> KBWorker:
+    """The student of a dsom job after one round taught by two teachers, checkpointed as round 1 in ``directory``."""
     workers = dsom_workers(kb_folder)
     student = workers["student"]
     inbound = []
@@ -91,7 +87,17 @@ def test_a_dsom_jobs_result_predicts_with_its_student(kb_folder, tmp_path):
         _, queries = student.ask(0, 2, teacher, "all")
         inbound.append(workers[teacher].answer(queries)[1])
     student.train(0, 2, *inbound)
-    student.save(tmp_path / "student", 1)
+    student.save(directory, 1)
+    return student
+
+
+def test_a_dsom_jobs_result_predicts_with_its_student(kb_folder, tmp_path):
+    """Result rebuilds the student with the policy its checkpoint holds: the strategy names its teachers (the result has no alignment views)."""
+    from kdmkb.kb_worker import checkpoints
+    from kdmkb.services.api import Result
+    from kdmkb.services.config import job_file_from_dict
+
+    student = trained_student(kb_folder, tmp_path / "student")
     entries = [{"name": name, "data": str(kb_folder), "worker_type": "feature-complex", "settings": {"rank": 4, "batch_size": 16, **({"features": "text"} if name == "text" else {})}} for name in KBS]
     job = job_file_from_dict({"strategy": {"name": "dsom", "student": "student"}, "job": {"rounds": 1, **DISTILL}, "kb": entries})
     result = Result(job, {"job_id": "job", "strategy": "dsom", "rounds": 1, "kbs": {}}, [], {}, {"student": checkpoints.path(tmp_path / "student", 1)})
@@ -104,14 +110,7 @@ def test_a_dsom_student_restored_outside_its_job_gets_its_policy_back(kb_folder,
     """A worker restarted outside the job (no alignment views) restores the student's checkpoint, policy included, given the strategy's teachers."""
     from kdmkb.services.config import DistillSettings
 
-    workers = dsom_workers(kb_folder)
-    student = workers["student"]
-    inbound = []
-    for teacher in ("structure", "text"):
-        _, queries = student.ask(0, 2, teacher, "all")
-        inbound.append(workers[teacher].answer(queries)[1])
-    student.train(0, 2, *inbound)
-    student.save(tmp_path, 1)
+    student = trained_student(kb_folder, tmp_path)
     fresh = KBWorker("student", kb_folder, "feature-complex", {"rank": 4, "batch_size": 16})
     distill = DistillSettings.model_validate(DISTILL)
     assert fresh.restore_model("job", 0, distill, tmp_path, [1], teachers=("structure", "text")) == {"round": 1, "unusable": []}
