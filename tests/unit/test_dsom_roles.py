@@ -64,14 +64,19 @@ def test_a_teacher_of_a_dsom_job_holds_no_policy_parameters(kb_folder):
     assert workers["student"].student.combination.context.teachers == ("structure", "text")
 
 
-def test_a_teacher_without_a_policy_still_answers_and_the_student_learns(kb_folder, tmp_path):
-    workers = dsom_workers(kb_folder)
+def taught_round(workers: dict[str, KBWorker]) -> dict:
+    """Round 0 of 2 steps: the student pulls both teachers' answers and trains on them."""
     student = workers["student"]
     inbound = []
     for teacher in ("structure", "text"):
         _, queries = student.ask(0, 2, teacher, "all")
         inbound.append(workers[teacher].answer(queries)[1])
-    result = student.train(0, 2, *inbound)
+    return student.train(0, 2, *inbound)
+
+
+def test_a_teacher_without_a_policy_still_answers_and_the_student_learns(kb_folder, tmp_path):
+    workers = dsom_workers(kb_folder)
+    result = taught_round(workers)
     assert sum(result["teacher_subsets"].values()) == 2 * 2 * 16
     workers["text"].save(tmp_path / "text", 1)
     workers["text"].load(tmp_path / "text", 1)  # its checkpoint holds no policy and loads back
@@ -79,16 +84,11 @@ def test_a_teacher_without_a_policy_still_answers_and_the_student_learns(kb_fold
 
 
 def trained_student(kb_folder, directory) -> KBWorker:
-    """The student of a dsom job after one round taught by two teachers, checkpointed as round 1 in ``directory``."""
+    """The student of a dsom job after one taught round, checkpointed as round 1 in ``directory``."""
     workers = dsom_workers(kb_folder)
-    student = workers["student"]
-    inbound = []
-    for teacher in ("structure", "text"):
-        _, queries = student.ask(0, 2, teacher, "all")
-        inbound.append(workers[teacher].answer(queries)[1])
-    student.train(0, 2, *inbound)
-    student.save(directory, 1)
-    return student
+    taught_round(workers)
+    workers["student"].save(directory, 1)
+    return workers["student"]
 
 
 def test_a_dsom_jobs_result_predicts_with_its_student(kb_folder, tmp_path):
