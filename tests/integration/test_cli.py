@@ -196,7 +196,7 @@ def _checkpointed_rounds(data_dir: Path) -> int:
 def test_run_with_a_data_dir_resumes_after_ctrl_c(tmp_path, worker_settings):
     """A long run over two sittings: Ctrl-C after some checkpoints, the same command again finishes the same job."""
     summary = split_dataset(NATIONS, tmp_path / "kbs", kbs=2, seed=1)
-    rounds = 8
+    rounds = 60  # enough that Ctrl-C lands mid-job however slowly this machine handles it
     job = write_job_file(summary, worker_settings=worker_settings, job={"rounds": rounds, "steps_per_round": 3, "checkpoint_every": 1, "eval_every": 0, "top_k": 4})
     data, report = tmp_path / "state", tmp_path / "report.json"
     command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job), "--data-dir", str(data), "--report", str(report)]
