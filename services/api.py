@@ -396,6 +396,15 @@ def progress_text(progress) -> str:
     return text
 
 
+def subsets_text(progress) -> str:
+    """A student's chosen teacher subsets as shares of its queries, largest first (DSoM's Fig. 3); "" for a KB that chose none."""
+    counts = progress.teacher_subsets
+    total = sum(counts.values())
+    if not total:
+        return ""
+    return "teachers " + ", ".join(f"{subset} {count / total:.0%}" for subset, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
 def _fetch_embeddings(client: CoordinatorClient, entry) -> Embeddings | None:
     from kdmkb.kb_worker.worker_types import WORKER_TYPES
 

@@ -419,7 +419,7 @@ def status(
 def watch(client, job_id: Annotated[str, typer.Argument(help="The job to follow.")], as_json: JsonOption = False) -> None:
     """Follow a job's events until it ends (JSON: one event per line); exit code 5 if it fails or is stopped."""
     from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
-    from kdmkb.services.api import progress_text
+    from kdmkb.services.api import progress_text, subsets_text
     from kdmkb.services.client import TERMINAL_STATES, interruptible, state_name
 
     stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
@@ -428,7 +428,7 @@ def watch(client, job_id: Annotated[str, typer.Argument(help="The job to follow.
             if as_json:
                 typer.echo(json.dumps(_message(event)))
             else:
-                kbs = "  ".join(f"{kb}: {progress_text(p)}" for kb, p in sorted(event.progress.items()))
+                kbs = "  ".join(f"{kb}: {' '.join(filter(None, (progress_text(p), subsets_text(p))))}" for kb, p in sorted(event.progress.items()))
                 typer.echo(f"{state_name(event.state):<10} round {event.round}/{event.total_rounds}  {event.kind}  {kbs}" + (f"  {event.message}" if event.message else ""))
             if event.state in TERMINAL_STATES:
                 if event.state != pb.JOB_STATE_SUCCEEDED:

@@ -1,9 +1,10 @@
-"""A KB's queries per chosen teacher subset (the dsom combination's choices) on the wire: KBProgress, `--json` output and report.json."""
+"""A KB's queries per chosen teacher subset (the dsom combination's choices) on the wire: KBProgress, `--json` output, `kdmkb watch` and report.json."""
 
 from __future__ import annotations
 
 from kdmkb.coordinator.jobs import Job
 from kdmkb.coordinator.servicer import job_message, progress_message
+from kdmkb.services.api import subsets_text
 from kdmkb.services.cli import _message
 from kdmkb.services.client import job_report
 
@@ -33,3 +34,9 @@ def test_the_report_lists_the_subsets_of_the_kbs_that_chose_some():
     plain = dsom_job()
     plain.progress["student"].pop("teacher_subsets")
     assert "teacher_subsets" not in job_report(job_message(plain))  # other strategies' reports are unchanged
+
+
+def test_watch_shows_each_subsets_share_largest_first():
+    shares = progress_message({"teacher_subsets": {"text": 1, "numeric+text": 3, "numeric": 1}})
+    assert subsets_text(shares) == "teachers numeric+text 60%, numeric 20%, text 20%"
+    assert subsets_text(progress_message({})) == ""
