@@ -420,22 +420,18 @@ def watch(client, job_id: Annotated[str, typer.Argument(help="The job to follow.
     """Follow a job's events until it ends (JSON: one event per line); exit code 5 if it fails or is stopped."""
     from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
     from kdmkb.services.api import progress_text, subsets_text
-    from kdmkb.services.client import TERMINAL_STATES, interruptible, state_name
+    from kdmkb.services.client import TERMINAL_STATES, state_name
 
-    stream = client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
-    try:
-        for event in interruptible(stream):
-            if as_json:
-                typer.echo(json.dumps(_message(event)))
-            else:
-                kbs = "  ".join(f"{kb}: {' '.join(filter(None, (progress_text(p), subsets_text(p))))}" for kb, p in sorted(event.progress.items()))
-                typer.echo(f"{state_name(event.state):<10} round {event.round}/{event.total_rounds}  {event.kind}  {kbs}" + (f"  {event.message}" if event.message else ""))
-            if event.state in TERMINAL_STATES:
-                if event.state != pb.JOB_STATE_SUCCEEDED:
-                    raise typer.Exit(int(Exit.JOB_FAILED))
-                return
-    finally:
-        stream.cancel()
+    for event in client.stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
+        if as_json:
+            typer.echo(json.dumps(_message(event)))
+        else:
+            kbs = "  ".join(f"{kb}: {' '.join(filter(None, (progress_text(p), subsets_text(p))))}" for kb, p in sorted(event.progress.items()))
+            typer.echo(f"{state_name(event.state):<10} round {event.round}/{event.total_rounds}  {event.kind}  {kbs}" + (f"  {event.message}" if event.message else ""))
+        if event.state in TERMINAL_STATES:
+            if event.state != pb.JOB_STATE_SUCCEEDED:
+                raise typer.Exit(int(Exit.JOB_FAILED))
+            return
 
 
 @app.command()

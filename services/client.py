@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import queue
-import threading
 from collections import namedtuple
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,24 +114,18 @@ class CoordinatorClient:
         The stream opens first: once its first event (where the job stands) has arrived, the
         coordinator forwards every later one, the first rounds of a quick job included.
         """
-        stream = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
-        events = interruptible(stream)
-        try:
-            first = next(events)
-            self.stub.StartJob(pb.StartJobRequest(job_id=job_id), timeout=self.timeout)
-            if first.state in TERMINAL_STATES:  # a stopped or failed job that StartJob resumes: follow it anew
-                stream.cancel()
-                stream = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
-                events = interruptible(stream)
-            else:
-                events = itertools.chain([first], events)
-            for event in events:
-                if on_event:
-                    on_event(event)
-                if event.state in TERMINAL_STATES:
-                    break
-        finally:
-            stream.cancel()
+        events = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        first = next(events)
+        self.stub.StartJob(pb.StartJobRequest(job_id=job_id), timeout=self.timeout)
+        if first.state in TERMINAL_STATES:  # a stopped or failed job that StartJob resumes: follow it anew
+            events = self.stub.WatchJob(pb.WatchJobRequest(job_id=job_id))
+        else:
+            events = itertools.chain([first], events)
+        for event in events:
+            if on_event:
+                on_event(event)
+            if event.state in TERMINAL_STATES:
+                break
         return self.stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=self.timeout).job
 
     def embeddings(self, kb: str) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -154,37 +146,6 @@ class CoordinatorClient:
             arrays[f"{kind}_vectors"] = vectors
         np.savez(path, **arrays)
         return {kind: len(names) for kind, (names, _) in parts.items()}
-
-
-def interruptible(stream) -> Iterator:
-    """The messages of a gRPC response stream, read by a thread of their own.
-
-    Ctrl-C then reaches the caller's thread in a plain queue wait: raised inside gRPC's own
-    iteration, a KeyboardInterrupt can be delayed for as long as the stream is quiet, or leave
-    the call in a state that blocks the exit (grpc/grpc#19464). The caller cancels ``stream``.
-    """
-    messages: queue.Queue = queue.Queue()
-    end = object()
-
-    def read() -> None:
-        try:
-            for message in stream:
-                messages.put(message)
-        except grpc.RpcError as error:
-            messages.put(error)
-        messages.put(end)
-
-    threading.Thread(target=read, name="kdmkb-stream", daemon=True).start()
-    while True:
-        try:
-            message = messages.get(timeout=0.2)  # short waits: Ctrl-C is handled between them
-        except queue.Empty:
-            continue
-        if message is end:
-            return
-        if isinstance(message, grpc.RpcError):
-            raise message
-        yield message
 
 
 def job_report(job: pb.Job) -> dict:

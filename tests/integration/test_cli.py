@@ -27,6 +27,20 @@ NATIONS = dataset_dir("nations")
 REPORT_METRICS = {"mrr", "mr", "hits@1", "hits@3", "hits@10"}
 
 
+def started_as_in_a_terminal(command: list[str], **options) -> subprocess.Popen:
+    """``command`` started with Ctrl-C's default action, as a foreground command in a terminal has it.
+
+    A suite started in the background of a non-interactive shell (``.ci/run &``) ignores SIGINT,
+    and a child inherits an ignored signal: its Python would never raise KeyboardInterrupt. A
+    caught signal is reset to the default at exec, so the parent catches it while it starts the child.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, **options)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def cli():
     runner = CliRunner()
@@ -196,12 +210,12 @@ def _checkpointed_rounds(data_dir: Path) -> int:
 def test_run_with_a_data_dir_resumes_after_ctrl_c(tmp_path, worker_settings):
     """A long run over two sittings: Ctrl-C after some checkpoints, the same command again finishes the same job."""
     summary = split_dataset(NATIONS, tmp_path / "kbs", kbs=2, seed=1)
-    rounds = 60  # enough that Ctrl-C lands mid-job however slowly this machine handles it
+    rounds = 8
     job = write_job_file(summary, worker_settings=worker_settings, job={"rounds": rounds, "steps_per_round": 3, "checkpoint_every": 1, "eval_every": 0, "top_k": 4})
     data, report = tmp_path / "state", tmp_path / "report.json"
     command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job), "--data-dir", str(data), "--report", str(report)]
     env = {**os.environ, "NO_COLOR": "1"}
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = started_as_in_a_terminal(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 180
         while _checkpointed_rounds(data) < 2 and first.poll() is None and time.monotonic() < deadline:
@@ -438,7 +452,7 @@ def test_ctrl_c_on_a_remote_run_leaves_the_job_running(grpc_address, stub, tmp_p
     job = write_job_file(summary, worker_settings=worker_settings, job={"rounds": 100_000, "steps_per_round": 3, "checkpoint_every": 0, "eval_every": 0})
     before = {j.job_id for j in stub.ListJobs(pb.ListJobsRequest()).jobs}
     script = Path(sys.executable).with_name("kdmkb")
-    process = subprocess.Popen([str(script), "run", str(job), "-c", grpc_address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
+    process = started_as_in_a_terminal([str(script), "run", str(job), "-c", grpc_address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "NO_COLOR": "1"})
     running = []
     try:
         deadline = time.monotonic() + 360  # two new workers start first: minutes on a busy machine
