@@ -354,8 +354,8 @@ class KBWorker:
         Returns the round restored (None: no model, as before any job) and why each newer one was unusable.
         """
         unusable = []
+        self.configure(job_id, seed, distill, teachers=teachers)  # once: a checkpoint that fails to load changes nothing
         for round_ in rounds:
-            self.configure(job_id, seed, distill, teachers=teachers)
             try:
                 self.load(directory, round_)
             except DataError as error:
