@@ -19,7 +19,8 @@ Teaching, learning, evaluation and checkpoints are written once on top of these 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Literal
@@ -98,6 +99,11 @@ class WorkerType(abc.ABC):
     # scores build [queries, candidates, dim] intermediates, and FB15k-237's relation queries of
     # one round (25,600 x 237 x 200 floats) took 15 GB at once.
     slice_pairs: ClassVar[int] = 1 << 16
+    # Pairs per call instead when every entity query shares its candidates (one list expanded with
+    # stride 0, or every entity), for types that score that as one product ([q, c], no [q, c, d]
+    # intermediate); None: ``slice_pairs``. At 4 queries a call, DSoM's full answers over
+    # FB15k-237 were per-call overhead (docs/results-dsom.md).
+    shared_slice_pairs: ClassVar[int | None] = None
     # What the columns of the exported vectors hold, per kind; saved beside them (types with embeddings).
     embedding_layout: ClassVar[dict[str, str]] = {"entity": "[dim] real", "relation": "[dim] real"}
 
@@ -190,13 +196,25 @@ class WorkerType(abc.ABC):
     def score_sliced(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`score` without gradients, ``slice_pairs`` query-candidate pairs per call, into one result."""
         width = candidates.shape[1] if candidates is not None else (self.num_relations if kind == QueryKind.RELATION else self.num_entities)
-        per_call = max(1, self.slice_pairs // max(1, width))
+        shared = kind != QueryKind.RELATION and (candidates is None or candidates.shape[0] == 1 or candidates.stride(0) == 0)
+        per_call = max(1, ((shared and self.shared_slice_pairs) or self.slice_pairs) // max(1, width))
+        # a shared list travels as one row, expanded again on the device (a copy would lose stride 0)
+        pool = candidates[0].to(self.device) if shared and candidates is not None else None
         result = torch.empty(queries.shape[0], width)  # one result, filled slice by slice (see all_pairs_scores)
-        with torch.no_grad():
+        with torch.no_grad(), self.frozen():
             for start in range(0, queries.shape[0], per_call):
-                part = None if candidates is None else candidates[start : start + per_call].to(self.device)
-                result[start : start + per_call] = self.score(kind, queries[start : start + per_call].to(self.device), part).float().cpu()
+                part = queries[start : start + per_call].to(self.device)
+                if pool is not None:
+                    listed = pool.expand(part.shape[0], -1)
+                else:
+                    listed = None if candidates is None else candidates[start : start + per_call].to(self.device)
+                result[start : start + per_call] = self.score(kind, part, listed).float().cpu()
         return result
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """While scoring without gradients (weights fixed): a type may compute once what its scores derive from the weights (entity vectors projected from features), not once per slice."""
+        yield
 
     def top_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
         """Local ids ``[q, min(k, len(pool))]`` of the best-scoring entities of ``pool``.

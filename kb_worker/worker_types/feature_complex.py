@@ -14,6 +14,8 @@ scoring every entity is one matrix product and ``top_candidates`` a faiss inner-
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import faiss
@@ -79,6 +81,7 @@ class FeatureComplExWorker(WorkerType):
     """ComplEx over a projection of one modality's features, trained 1vsAll with reciprocals (see the module docstring)."""
 
     settings_model = FeatureComplExSettings
+    shared_slice_pairs = 1 << 22  # a shared list is one product: [q, c] floats, 16 MB a call
     embedding_layout = {
         "entity": "[real | imaginary], rank each (the projected features)",
         "relation": "[r | r^-1]: the relation's vector, then its inverse's, each [real | imaginary] of rank each",
@@ -97,6 +100,7 @@ class FeatureComplExWorker(WorkerType):
         values, present = (matrix.values, matrix.present) if matrix is not None else (None, None)
         self.model = FeatureComplExModel(self.num_entities, self.num_relations, settings, values, present).to(self.device)
         self._index = PoolIndex(faiss.METRIC_INNER_PRODUCT)
+        self._frozen_entities: torch.Tensor | None = None
 
     def modules(self) -> nn.Module:
         return self.model
@@ -111,8 +115,21 @@ class FeatureComplExWorker(WorkerType):
         given, relation = reciprocal_tail_query(kind, queries, self.num_relations)
         return complex_product(entities[given], self.model.relation(relation))
 
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Every entity's vector projected once for all the slices (113 ms a projection for MiniLM features on FB15k-237)."""
+        with torch.no_grad():
+            self._frozen_entities = self.model.entities()
+        try:
+            yield
+        finally:
+            self._frozen_entities = None
+
+    def _entities(self) -> torch.Tensor:
+        return self.model.entities() if self._frozen_entities is None else self._frozen_entities
+
     def score(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        entities = self.model.entities()
+        entities = self._entities()
         if kind == QueryKind.RELATION:
             if candidates is None:
                 candidates = torch.arange(self.num_relations, device=queries.device).expand(queries.shape[0], -1)
@@ -121,12 +138,14 @@ class FeatureComplExWorker(WorkerType):
         vectors = self._query_vectors(entities, kind, queries)
         if candidates is None:
             return vectors @ entities.T
+        if candidates.shape[0] == 1 or candidates.stride(0) == 0:  # one list shared by every query: one product
+            return vectors @ entities[candidates[0]].T
         return torch.einsum("qd,qcd->qc", vectors, entities[candidates])
 
     def top_candidates(self, kind: QueryKind, queries: torch.Tensor, pool: torch.Tensor, k: int) -> torch.Tensor:
         """faiss inner-product top-k: the score is exactly ``<query vector, entity vector>``."""
         with torch.no_grad():
-            entities = self.model.entities()
+            entities = self._entities()
             return self._index.search(entities, pool, lambda rows: rows, self._query_vectors(entities, kind, queries), min(k, pool.numel()), version=self.updates)
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:

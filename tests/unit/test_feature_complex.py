@@ -124,3 +124,26 @@ def test_train_scores_reuse_the_1vsall_logits_for_the_batchs_own_queries(make_kb
     assert loss.item() == pytest.approx(worker.train_loss(batch).item())
     for (kind, queries, candidates), got in zip(requests, scores):
         torch.testing.assert_close(got, worker.score(kind, queries, candidates))
+
+
+def test_slices_of_a_shared_list_project_the_features_once_and_score_as_one_product(make_kb, monkeypatch):
+    """A teacher's full answer (one candidate list for every query) costs one projection and one product per slice, not a gather per query."""
+    worker = _worker(make_kb)
+    projections = []
+    entities = worker.model.entities
+    monkeypatch.setattr(worker.model, "entities", lambda: projections.append(1) or entities())
+    gathers = []
+    einsum = torch.einsum
+    monkeypatch.setattr(torch, "einsum", lambda *args: gathers.append(args[0]) or einsum(*args))
+    monkeypatch.setattr(type(worker), "shared_slice_pairs", 2 * E)  # 2 queries a slice: 3 slices
+    queries = torch.tensor([[0, 1], [4, 0], [2, 1], [3, 0], [1, 1]])
+    pool = torch.tensor([4, 0, 2])
+    with torch.no_grad():
+        expected = torch.stack([worker.score(QueryKind.TAIL, queries[i : i + 1], pool[None])[0] for i in range(len(queries))])
+        copied = worker.score(QueryKind.TAIL, queries, pool.repeat(len(queries), 1))  # a list per query: the gathered scores
+    projections.clear(), gathers.clear()
+    got = worker.score_sliced(QueryKind.TAIL, queries, pool.expand(len(queries), -1))
+    assert len(projections) == 1 and not gathers
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(copied, expected)
+    assert worker._frozen_entities is None  # training after it sees the live weights

@@ -116,6 +116,19 @@ def test_sliced_scores_equal_scores_in_one_call(worker, kind, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", [QueryKind.TAIL, QueryKind.HEAD])
+def test_a_shared_candidate_list_scores_as_a_copy_per_query(worker, kind, monkeypatch):
+    """One list expanded for every query (a teacher's full answer) is scored as if each query had its own copy."""
+    worker.modules().eval()
+    queries = _queries(kind)
+    pool = torch.tensor([5, 0, 3, 3, 8])
+    with torch.no_grad():
+        expected = worker.score(kind, queries, pool.repeat(queries.shape[0], 1))
+    monkeypatch.setattr(type(worker), "slice_pairs", 5)
+    monkeypatch.setattr(type(worker), "shared_slice_pairs", 12)  # two queries a slice, a short last slice
+    torch.testing.assert_close(worker.score_sliced(kind, queries, pool.expand(queries.shape[0], -1)), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [QueryKind.TAIL, QueryKind.HEAD])
 def test_top_candidates_are_the_best_of_the_pool(worker, kind):
     worker.modules().eval()
     queries = _queries(kind)
