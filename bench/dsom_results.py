@@ -40,6 +40,7 @@ import torch
 from kdmkb.kb_worker.ranking import evaluate_ranking
 from kdmkb.kb_worker.worker import AlignmentView, KBWorker
 from kdmkb.services.features import drop_feature_rows, missing_entities, numeric_features, text_features
+from kdmkb.services.limits import Limits
 from kdmkb.services.tsv import read_rows, write_rows
 
 TEACHERS = {"structure": {}, "text": {"features": "text"}, "numeric": {"features": "numeric"}, "wikidata": {"features": "wikidata"}}
@@ -210,7 +211,8 @@ class Table:
         """Teacher ``name`` trained alone for --teacher-epochs (rounds checkpointed), then evaluated (its row); resumes where it stopped."""
         if name in self.trained:
             return self.trained[name]
-        worker = KBWorker(name, folder, "feature-complex", self.worker_settings(features))
+        # in one process no object store carries the answers: a full answer step (116 MB at batch 1,000) is no message over a limit
+        worker = KBWorker(name, folder, "feature-complex", self.worker_settings(features), Limits(max_label_bytes=2**40))
         worker.configure("dsom-teachers", self.args.seed, {}, self.view(worker, ["student"]))  # a teacher only answers
         directory, rounds = self.args.out / "teachers" / name, self.steps(self.args.teacher_epochs, worker)
         done, started = self._resume(worker, directory), time.perf_counter()
