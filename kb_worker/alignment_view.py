@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from kdmkb.kb_worker.data import KnowledgeBase
+from kdmkb.kb_worker.shared_lists import map_ids
 from kdmkb.kb_worker.worker_types.base import QueryKind
 from kdmkb.services.errors import DataError
 
@@ -123,7 +124,8 @@ class LocalAlignment:
         return np.stack([first[queries[:, 0].numpy()], second[queries[:, 1].numpy()]], axis=1)
 
     def aligned_candidates(self, kind: QueryKind, candidates: torch.Tensor) -> np.ndarray:
-        return (self.relation_ids if kind == QueryKind.RELATION else self.entity_ids)[candidates.numpy()]
+        table = self.relation_ids if kind == QueryKind.RELATION else self.entity_ids
+        return map_ids(candidates, lambda ids: table[ids.numpy()])
 
     # -- alignment -> local ids ---------------------------------------------------------------
     def _local(self, table: np.ndarray, ids: np.ndarray, what: str, sender: str) -> torch.Tensor:
@@ -139,4 +141,5 @@ class LocalAlignment:
         return torch.stack([self._local(first, queries[:, 0], "query", sender), self._local(second, queries[:, 1], "query", sender)], dim=1)
 
     def local_candidates(self, kind: QueryKind, candidates: np.ndarray, sender: str) -> torch.Tensor:
-        return self._local(self._relation_table if kind == QueryKind.RELATION else self._entity_table, candidates, "candidate", sender)
+        table = self._relation_table if kind == QueryKind.RELATION else self._entity_table
+        return map_ids(candidates, lambda ids: self._local(table, ids, "candidate", sender))

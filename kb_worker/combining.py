@@ -19,6 +19,7 @@ from kdmkb.kb_worker.alignment_view import QUERY_COLUMNS
 from kdmkb.kb_worker.data import KnowledgeBase
 from kdmkb.kb_worker.losses import distillation_kl
 from kdmkb.kb_worker.ranking import KnownAnswers
+from kdmkb.kb_worker.shared_lists import take_rows
 from kdmkb.kb_worker.worker_types.base import QueryKind
 from kdmkb.services.errors import ConfigError, DataError
 from kdmkb.services.registry import Registry
@@ -200,10 +201,10 @@ class DSoM(TeacherCombination):
             rows = (group.teacher == lessons.teachers.index(name)).nonzero().flatten()
             if first is None:
                 first = rows
-            if len(rows) != len(queries) or not torch.equal(group.queries[rows], queries) or not torch.equal(group.candidates[rows], group.candidates[first]):
+            if len(rows) != len(queries) or not torch.equal(group.queries[rows], queries) or not torch.equal(take_rows(group.candidates, rows), take_rows(group.candidates, first)):
                 raise DataError(f"dsom: teacher {name!r} did not label the step's queries over the same candidates as the others; align every teacher on all of the student's entities")
             per_teacher.append(group.teacher_logits[rows])
-        return torch.stack(per_teacher), student[first], group.candidates[first], targets
+        return torch.stack(per_teacher), student[first], take_rows(group.candidates, first), targets
 
     def _columns(self, group: LabelledRows, candidates: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's target column and neighbour mask over the teachers' columns: its query's train answers, the target among them (a tail bucket is no neighbour)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdmkb.kb_worker.shared_lists import is_shared, shared
 from kdmkb.kb_worker.worker_types.base import QueryKind
 from kdmkb.protos.kdmkb.exchange.v1 import queries_pb2, soft_labels_pb2 as pb
 from kdmkb.services.errors import LimitError
@@ -56,7 +57,7 @@ def _ids(array: np.ndarray) -> np.ndarray:
 
 def _shared_row(candidates: np.ndarray) -> np.ndarray:
     """One row when every query has the same candidates (relation queries rank every relation), else all rows."""
-    if len(candidates) > 1 and bool((candidates == candidates[:1]).all()):
+    if is_shared(candidates) or (len(candidates) > 1 and bool((candidates == candidates[:1]).all())):
         return candidates[:1]
     return candidates
 
@@ -64,7 +65,7 @@ def _shared_row(candidates: np.ndarray) -> np.ndarray:
 def _broadcast_shared(candidates: np.ndarray, rows: int) -> np.ndarray:
     """A shared candidate row as every query's (read-only)."""
     if candidates.ndim == 2 and candidates.shape[0] == 1 and rows != 1:
-        return np.broadcast_to(candidates, (rows, candidates.shape[1]))
+        return shared(candidates, rows)
     return candidates
 
 

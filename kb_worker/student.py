@@ -14,6 +14,7 @@ from kdmkb.kb_worker.alignment_view import PeerPools
 from kdmkb.kb_worker.combining import LabelledRows, StepLessons, TeacherCombination
 from kdmkb.kb_worker.losses import with_tail_bucket
 from kdmkb.kb_worker.ranking import KnownAnswers
+from kdmkb.kb_worker.shared_lists import concat_rows, is_shared
 from kdmkb.kb_worker.teacher import Side
 from kdmkb.kb_worker.worker_types import QueryKind
 from kdmkb.services.errors import DataError
@@ -98,7 +99,7 @@ class Student(Side):
             groups: dict[tuple, list] = defaultdict(list)
             for teacher, kind, tail, queries, candidates, scores in items:
                 groups[kind, candidates.shape[1], tail].append((queries, candidates, scores, torch.full((queries.shape[0],), index[teacher], device=scores.device)))
-            merged = tuple(LabelledRows(kind, *(torch.cat(column) for column in zip(*parts)), tail=tail) for (kind, _, tail), parts in groups.items())
+            merged = tuple(LabelledRows(kind, *(concat_rows(list(column)) for column in zip(*parts)), tail=tail) for (kind, _, tail), parts in groups.items())
             steps[step] = StepLessons(teachers, torch.tensor([float(weights.get(t, 1.0)) for t in teachers], device=self.model.device), merged)
         return steps, senders
 
@@ -151,4 +152,5 @@ class Student(Side):
         everything = self.model.num_relations if group.kind == QueryKind.RELATION else self.model.num_entities
         if group.candidates.shape[1] != everything:
             return False
-        return bool((group.candidates == torch.arange(everything, device=group.candidates.device)).all())
+        candidates = group.candidates[:1] if is_shared(group.candidates) else group.candidates
+        return bool((candidates == torch.arange(everything, device=candidates.device)).all())

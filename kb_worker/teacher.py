@@ -10,6 +10,7 @@ import torch
 from kdmkb.kb_worker import exchange
 from kdmkb.kb_worker.alignment_view import QUERY_COLUMNS, LocalAlignment, PeerPools
 from kdmkb.kb_worker.losses import with_tail_bucket
+from kdmkb.kb_worker.shared_lists import map_ids, take_rows
 from kdmkb.kb_worker.worker_types import QueryKind, WorkerType
 from kdmkb.services.config import DistillSettings
 from kdmkb.services.errors import DataError
@@ -47,7 +48,7 @@ class Teacher(Side):
             scores = self.model.score_sliced(kind, queries, candidates) * self.model.logit_scale
         else:
             everything = self.model.score_sliced(kind, queries, tail_pool.expand(queries.shape[0], -1)) * self.model.logit_scale
-            scores = with_tail_bucket(everything, torch.searchsorted(tail_pool, candidates))
+            scores = with_tail_bucket(everything, map_ids(candidates, lambda ids: torch.searchsorted(tail_pool, ids)))
         return scores.numpy().astype(np.dtype(self.distill.score_dtype))
 
     # -- push: the teacher's own batches (KD-MKB) ------------------------------------------------
@@ -81,7 +82,7 @@ class Teacher(Side):
         query_ids = self.alignment.aligned_queries(kind, queries)
         candidate_ids = self.alignment.aligned_candidates(kind, candidates)
         return [
-            exchange.SoftLabelBlock(kind, int(s), query_ids[steps == s], candidate_ids[steps == s], scores[steps == s], tail_pool is not None)
+            exchange.SoftLabelBlock(kind, int(s), query_ids[steps == s], take_rows(candidate_ids, steps == s), scores[steps == s], tail_pool is not None)
             for s in np.unique(steps)
         ]
 

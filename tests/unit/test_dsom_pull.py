@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from kdmkb.kb_worker import exchange
+from kdmkb.kb_worker.shared_lists import is_shared
 from kdmkb.kb_worker.worker import AlignmentView, KBWorker
 from kdmkb.protos.kdmkb.exchange.v1 import soft_labels_pb2
 from kdmkb.services.tsv import write_rows
@@ -108,3 +111,25 @@ def test_the_policy_is_in_the_students_checkpoint(kb_folder, tmp_path):
     restored = student.student.combination.modules()
     assert all(torch.equal(saved[k], v) for k, v in restored.state_dict().items())
     assert any(p is q for group in student.student.optimizer.param_groups for p in group["params"] for q in restored.parameters())
+
+
+def test_a_full_answer_stays_one_shared_row_and_trains_as_its_copy_per_query(kb_folder):
+    """Every entity for every query travels as one row to the student's loss (no [q, |E|] id matrix), with the same update as a copy per query."""
+    runs = []
+    for copied in (False, True):
+        kbs = workers(kb_folder)
+        student = kbs["student"]
+        lessons = student.student.lessons([m for messages in pull(kbs, 0, "all") for m in messages], {})[0]
+        groups = [group for lesson in lessons.values() for group in lesson.groups]
+        assert groups and all(is_shared(group.candidates) for group in groups)
+        if copied:
+            lessons = {
+                step: dataclasses.replace(lesson, groups=tuple(dataclasses.replace(g, candidates=g.candidates.contiguous()) for g in lesson.groups))
+                for step, lesson in lessons.items()
+            }
+        torch.manual_seed(0)  # the policy's draws
+        result = student.student.train([student._train[rows] for rows in student.schedule.batches(0, STEPS)], lessons)
+        runs.append((result["loss"], result["kd_loss"], [p.detach().clone() for p in student.model.modules().parameters()]))
+    (own, kd, weights), (own_copied, kd_copied, weights_copied) = runs
+    assert (own, kd) == (own_copied, kd_copied)
+    assert all(torch.equal(a, b) for a, b in zip(weights, weights_copied))
