@@ -61,7 +61,7 @@ def test_ids_beyond_int32_fall_back_to_int64():
 
 def test_malformed_block_is_refused_with_the_teacher_named():
     message = pb.SoftLabels.FromString(exchange.encode(lesson(entity_block(rows=5, width=4))))
-    message.blocks[0].candidates.CopyFrom(exchange.to_tensor(np.zeros((1, 3), np.int32)))  # neither [5, 4] nor [1, 4]
+    exchange.fill_tensor(message.blocks[0].candidates, np.zeros((1, 3), np.int32))  # neither [5, 4] nor [1, 4]
     with pytest.raises(ValueError, match="malformed SoftLabels block from 'teacher'"):
         exchange.decode(message.SerializeToString())
 
