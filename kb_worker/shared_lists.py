@@ -9,6 +9,8 @@ sends the row once, id maps map the row, and selecting or joining rows expands t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -37,7 +39,7 @@ def take_rows(rows: Rows, index: Rows) -> Rows:
     return shared(rows[:1], count)
 
 
-def map_ids(rows: Rows, mapping) -> Rows:
+def map_ids(rows: Rows, mapping: Callable[[Rows], Rows]) -> Rows:
     """``mapping(rows)`` for an id map applied element-wise; a shared view maps its one row."""
     return shared(mapping(rows[:1]), rows.shape[0]) if is_shared(rows) else mapping(rows)
 
