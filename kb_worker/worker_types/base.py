@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdmkb.kb_worker.data import KnowledgeBase
+from kdmkb.kb_worker.shared_lists import is_shared, shared
 from kdmkb.services.errors import PreconditionError
 from kdmkb.services.registry import Registry
 
@@ -196,16 +197,16 @@ class WorkerType(abc.ABC):
     def score_sliced(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`score` without gradients, ``slice_pairs`` query-candidate pairs per call, into one result."""
         width = candidates.shape[1] if candidates is not None else (self.num_relations if kind == QueryKind.RELATION else self.num_entities)
-        shared = kind != QueryKind.RELATION and (candidates is None or candidates.shape[0] == 1 or candidates.stride(0) == 0)
-        per_call = max(1, ((shared and self.shared_slice_pairs) or self.slice_pairs) // max(1, width))
+        one_list = kind != QueryKind.RELATION and (candidates is None or candidates.shape[0] == 1 or is_shared(candidates))
+        per_call = max(1, ((one_list and self.shared_slice_pairs) or self.slice_pairs) // max(1, width))
         # a shared list travels as one row, expanded again on the device (a copy would lose stride 0)
-        pool = candidates[0].to(self.device) if shared and candidates is not None else None
+        pool = candidates[:1].to(self.device) if one_list and candidates is not None else None
         result = torch.empty(queries.shape[0], width)  # one result, filled slice by slice (see all_pairs_scores)
         with torch.no_grad(), self.frozen():
             for start in range(0, queries.shape[0], per_call):
                 part = queries[start : start + per_call].to(self.device)
                 if pool is not None:
-                    listed = pool.expand(part.shape[0], -1)
+                    listed = shared(pool, part.shape[0])
                 else:
                     listed = None if candidates is None else candidates[start : start + per_call].to(self.device)
                 result[start : start + per_call] = self.score(kind, part, listed).float().cpu()
