@@ -25,6 +25,7 @@ import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,12 +83,22 @@ FEDERATION = {
 }
 
 
-def job_file(name: str, row: dict, folder: Path) -> Path:
-    """The row's job file: one KB (the whole dataset), strategy none, a checkpoint every round."""
+def job_file(name: str, row: dict, folder: Path, state: Path) -> Path:
+    """The row's job file: one KB (the whole dataset), strategy none, a checkpoint every round.
+
+    A packaged dataset is read from a copy in ``state``: a KB's folder is part of its registration,
+    so a row started from one checkout must find the same folder when another resumes it.
+    """
     import tomli_w
 
+    data = row["data"]
+    if data.is_relative_to(UMLS.parent):
+        copy = state / "datasets" / data.name
+        if not copy.is_dir():
+            shutil.copytree(data, copy)
+        data = copy
     job = {**row["job"], "seed": SEED, "eval_every": 0, "checkpoint_every": 1}
-    kb = {"name": name.split("-", 1)[1], "data": str(row["data"]), "worker_type": row["worker_type"], "settings": row["settings"]}
+    kb = {"name": name.split("-", 1)[1], "data": str(data.resolve()), "worker_type": row["worker_type"], "settings": row["settings"]}
     path = folder / "job.toml"
     path.write_text(tomli_w.dumps({"strategy": "none", "job": job, "kb": [kb]}), encoding="utf-8")
     return path
@@ -134,7 +145,9 @@ def run_row(name: str, state: Path) -> None:
         report.write_text(json.dumps(zero_shot(), indent=2) + "\n", encoding="utf-8")
         _record_sitting(folder, started, commit, True, 0)
         return
-    job = federation_job_file(name, FEDERATION[name], folder, state) if name in FEDERATION else job_file(name, ROWS[name], folder)
+    job = folder / "job.toml"
+    if not job.is_file():  # written once: a resumed row runs the job it started with
+        job = federation_job_file(name, FEDERATION[name], folder, state) if name in FEDERATION else job_file(name, ROWS[name], folder, state)
     command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job), "--data-dir", str(folder / "data"), "--report", str(report)]
     print("$ " + " ".join(command), flush=True)
     try:
