@@ -328,7 +328,9 @@ def main(argv: list[str] | None = None) -> None:
         wikidata_features(args.data, folder)
     table = Table(args, folder)
     check_teachers(table.results, rows, args.teachers)
-    teachers = table.teachers()  # every row but the missing-modality ones needs them; their own rows come with them
+    missing_rows = {row for pair in MISSING.values() for row in pair}
+    # every row but the student alone and the missing-modality ones needs the trained teachers; their own rows come with them
+    teachers = table.teachers() if set(rows) - missing_rows - {"complex-n3"} else {}
     for row in rows:
         if row == "teacher-average":
             table.teacher_average(row, teachers)
