@@ -94,8 +94,11 @@ def job_file(name: str, row: dict, folder: Path, state: Path) -> Path:
     data = row["data"]
     if data.is_relative_to(UMLS.parent):
         copy = state / "datasets" / data.name
-        if not copy.is_dir():
-            shutil.copytree(data, copy)
+        if not copy.is_dir():  # copied whole or not at all: an interrupted copy is no dataset
+            partial = copy.with_name(copy.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(data, partial)
+            partial.rename(copy)
         data = copy
     job = {**row["job"], "seed": SEED, "eval_every": 0, "checkpoint_every": 1}
     kb = {"name": name.split("-", 1)[1], "data": str(data.resolve()), "worker_type": row["worker_type"], "settings": row["settings"]}
