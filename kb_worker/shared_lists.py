@@ -24,6 +24,11 @@ def is_shared(rows: Rows) -> bool:
     return (rows.stride(0) if isinstance(rows, torch.Tensor) else rows.strides[0]) == 0
 
 
+def is_one_list(rows: Rows) -> bool:
+    """Whether every query of the 2-d ``rows`` has the same one list: a single row, or a shared view of one."""
+    return rows.shape[0] == 1 or is_shared(rows)
+
+
 def shared(row: Rows, count: int) -> Rows:
     """``row [1, c]`` (or ``[c]``) as the candidates of ``count`` queries, without a copy."""
     row = row.reshape(1, -1)
@@ -46,6 +51,6 @@ def map_ids(rows: Rows, mapping: Callable[[Rows], Rows]) -> Rows:
 
 def concat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
     """``torch.cat(parts)``, a shared view when every part shares one and the same row."""
-    if parts and all(is_shared(p) or p.shape[0] == 1 for p in parts) and all(torch.equal(p[:1], parts[0][:1]) for p in parts[1:]):
+    if parts and all(is_one_list(p) for p in parts) and all(torch.equal(p[:1], parts[0][:1]) for p in parts[1:]):
         return shared(parts[0][:1], sum(p.shape[0] for p in parts))
     return torch.cat(parts)

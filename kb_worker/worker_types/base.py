@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kdmkb.kb_worker.data import KnowledgeBase
-from kdmkb.kb_worker.shared_lists import is_shared, shared
+from kdmkb.kb_worker.shared_lists import is_one_list, shared
 from kdmkb.services.errors import PreconditionError
 from kdmkb.services.registry import Registry
 
@@ -197,7 +197,7 @@ class WorkerType(abc.ABC):
     def score_sliced(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`score` without gradients, ``slice_pairs`` query-candidate pairs per call, into one result."""
         width = candidates.shape[1] if candidates is not None else (self.num_relations if kind == QueryKind.RELATION else self.num_entities)
-        one_list = kind != QueryKind.RELATION and (candidates is None or candidates.shape[0] == 1 or is_shared(candidates))
+        one_list = kind != QueryKind.RELATION and (candidates is None or is_one_list(candidates))
         per_call = max(1, ((one_list and self.shared_slice_pairs) or self.slice_pairs) // max(1, width))
         # a shared list travels as one row, expanded again on the device (a copy would lose stride 0)
         pool = candidates[:1].to(self.device) if one_list and candidates is not None else None

@@ -28,7 +28,7 @@ from torch import nn
 from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase
 from kdmkb.kb_worker.scoring import complex_product
-from kdmkb.kb_worker.shared_lists import is_shared
+from kdmkb.kb_worker.shared_lists import is_one_list
 from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType, reciprocal_tail_query
 from kdmkb.services.errors import ConfigError
 
@@ -139,7 +139,7 @@ class FeatureComplExWorker(WorkerType):
         vectors = self._query_vectors(entities, kind, queries)
         if candidates is None:
             return vectors @ entities.T
-        if candidates.shape[0] == 1 or is_shared(candidates):  # one list for every query: one product
+        if is_one_list(candidates):  # one list for every query: one product
             return vectors @ entities[candidates[0]].T
         return torch.einsum("qd,qcd->qc", vectors, entities[candidates])
 

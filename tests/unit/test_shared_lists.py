@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdmkb.kb_worker.shared_lists import concat_rows, is_shared, map_ids, shared, take_rows
+from kdmkb.kb_worker.shared_lists import concat_rows, is_one_list, is_shared, map_ids, shared, take_rows
 
 ROW = [4, 0, 3]
 
@@ -20,6 +20,13 @@ def test_a_row_expanded_for_several_queries_is_shared_and_a_copy_is_not(make):
     assert not is_shared(copy) and (copy == make([ROW] * 5)).all()
     assert not is_shared(shared(row, 1))  # one query: nothing shared
     assert not is_shared(make(ROW))  # not a per-query list
+
+
+@pytest.mark.parametrize("make", [torch.tensor, np.asarray])
+def test_one_list_for_every_query_is_a_single_row_or_a_shared_view_but_not_equal_copies(make):
+    assert is_one_list(make([ROW])) and is_one_list(shared(make([ROW]), 4))
+    assert not is_one_list(make([ROW, ROW]))  # equal lists, but a copy per query: scored per query
+    assert not is_one_list(make([ROW, [4, 0, 2]]))
 
 
 @pytest.mark.parametrize("make", [torch.tensor, np.asarray])
