@@ -295,8 +295,11 @@ class JobRunner(threading.Thread):
         self.job.progress[teacher]["query_bytes_received"] += size
 
     def _evaluate(self, split: str) -> dict:
-        """Every KB's metrics on ``split``; the test split's also per degree bucket of the target."""
-        results = dict(zip(self.workers, ray.get([w.evaluate.remote(split, by_degree=split == "test") for w in self.workers.values()])))
+        """Every KB's metrics on ``split``; the test split's also per degree bucket of the target. With a state folder, a ranking
+        the job's interruption cut short goes on where it stopped (a cross-encoder's exact ranking takes an hour on UMLS)."""
+        folders = {kb: self.store.checkpoint_dir(self.job.job_id, kb) for kb in self.workers}  # None without a state folder
+        evaluations = [w.evaluate.remote(split, by_degree=split == "test", directory=folders[kb]) for kb, w in self.workers.items()]
+        results = dict(zip(self.workers, ray.get(evaluations)))
         if split == "valid":
             for kb, result in results.items():
                 self.job.progress[kb]["valid"] = result

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -136,6 +136,21 @@ def reranked_scores(
     return scores, (top == targets[:, None]).any(dim=1)
 
 
+@dataclass
+class PartialRanking:
+    """A ranking's first ``batches`` batches: their ranks, targets and (reranking) whether each target was retrieved.
+
+    A cross-encoder scores every (query, entity) pair, an hour on UMLS here, so a ranking hands
+    this out after each batch and an interrupted one goes on from it.
+    """
+
+    batches: int = 0
+    seconds: float = 0.0  # of every sitting so far
+    ranks: list[torch.Tensor] = field(default_factory=list)
+    targets: list[torch.Tensor] = field(default_factory=list)
+    retrieved: list[torch.Tensor] = field(default_factory=list)
+
+
 def evaluate_ranking(
     score: Callable[..., torch.Tensor],
     triples: np.ndarray,
@@ -145,18 +160,25 @@ def evaluate_ranking(
     progress: Callable[[int], None] | None = None,
     ranking: Ranking = Ranking(),
     degrees: np.ndarray | None = None,
+    done: PartialRanking | None = None,
+    on_batch: Callable[[PartialRanking], None] | None = None,
 ) -> RankingMetrics:
     """Filtered ranks of every triple's tail (given head, relation) and head (given relation, tail).
 
     ``score(kind, queries)`` scores every entity; with a retriever in ``ranking``,
     ``score(kind, queries, candidates)`` re-scores its top k. With ``degrees`` (each entity's
-    train degree), the metrics are also given per degree bucket of the target entity.
+    train degree), the metrics are also given per degree bucket of the target entity. ``done``
+    (the same triples and batch size) skips its batches; ``on_batch`` gets the ranking so far
+    after each batch.
     """
     started = time.perf_counter()
     triples_t = torch.from_numpy(np.asarray(triples, dtype=np.int64))
-    ranks, retrieved, target_ids = [], [], []
+    part = done or PartialRanking()
+    earlier = part.seconds
+    if progress is not None and part.batches:
+        progress(min(part.batches * batch_size, triples_t.shape[0]))
     with torch.no_grad():
-        for start in range(0, triples_t.shape[0], batch_size):
+        for start in range(part.batches * batch_size, triples_t.shape[0], batch_size):
             batch = triples_t[start : start + batch_size]
             for kind, queries, targets in (
                 (QueryKind.TAIL, batch[:, [0, 1]], batch[:, 2]),
@@ -167,12 +189,17 @@ def evaluate_ranking(
                     scores = score(kind, queries).float().cpu()
                 else:
                     scores, hit = reranked_scores(score, ranking, kind, queries, targets, rows, entities)
-                    retrieved.append(hit)
-                ranks.append(filtered_ranks(scores, targets, rows, entities))
-                target_ids.append(targets)
+                    part.retrieved.append(hit)
+                part.ranks.append(filtered_ranks(scores, targets, rows, entities))
+                part.targets.append(targets)
+            part.batches += 1
+            part.seconds = earlier + time.perf_counter() - started
             if progress is not None:
                 progress(batch.shape[0])
-    recall = float(torch.cat(retrieved).double().mean()) if retrieved else None
-    all_ranks = torch.cat(ranks)
-    by_degree = metrics_by_degree(all_ranks, torch.from_numpy(np.asarray(degrees))[torch.cat(target_ids)]) if degrees is not None else None
-    return RankingMetrics.from_ranks(all_ranks, seconds=time.perf_counter() - started, ranking=ranking.label, retriever_recall=recall, by_degree=by_degree)
+            if on_batch is not None:
+                on_batch(part)
+    recall = float(torch.cat(part.retrieved).double().mean()) if part.retrieved else None
+    all_ranks = torch.cat(part.ranks)
+    by_degree = metrics_by_degree(all_ranks, torch.from_numpy(np.asarray(degrees))[torch.cat(part.targets)]) if degrees is not None else None
+    seconds = earlier + time.perf_counter() - started
+    return RankingMetrics.from_ranks(all_ranks, seconds=seconds, ranking=ranking.label, retriever_recall=recall, by_degree=by_degree)

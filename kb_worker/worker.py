@@ -79,6 +79,8 @@ class BatchSchedule:
 class KBWorker:
     """Owns one KB's triples, model, optimiser and faiss index; only soft labels and queries over aligned ids leave it."""
 
+    ranking_save_seconds = 30.0  # how often a ranking given a folder saves its progress there
+
     def __init__(self, name: str, data_dir: str | Path, worker_type: str, settings: WorkerSettings | dict | None = None, limits: Limits | None = None) -> None:
         self.name = name
         self.worker_type = worker_type
@@ -255,8 +257,13 @@ class KBWorker:
         }
 
     # -- evaluation and serving ------------------------------------------------------------
-    def evaluate(self, split: str = "test", by_degree: bool = False) -> dict:
-        """Filtered ranking metrics of ``split``; ``by_degree`` adds them per bucket of the target's train degree."""
+    def evaluate(self, split: str = "test", by_degree: bool = False, directory: str | Path | None = None) -> dict:
+        """Filtered ranking metrics of ``split``; ``by_degree`` adds them per bucket of the target's train degree.
+
+        With ``directory`` (the job's checkpoint folder) an interrupted ranking goes on where it
+        stopped: its progress is saved there every ``ranking_save_seconds`` and taken up only by
+        a ranking of the same weights, split and settings.
+        """
         triples = self.kb.split(split)
         degrees = np.bincount(self.kb.train[:, [0, 2]].ravel(), minlength=len(self.kb.entities)) if by_degree else None
         with self._evaluating() as model:
@@ -264,9 +271,23 @@ class KBWorker:
             def score(kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
                 return model.score(kind, queries.to(model.device), None if candidates is None else candidates.to(model.device))
 
+            ranking, done, on_batch = model.ranking(), None, None
+            if directory is not None:
+                key = {"kb": self.name, "split": split, "triples": len(triples), "batch_size": self.settings.eval_batch_size, "ranking": ranking.label}
+                key["weights"] = checkpoints.weights_fingerprint(model.modules())
+                done, saved = checkpoints.read_ranking(directory, split, key), time.monotonic()
+
+                def on_batch(part) -> None:
+                    nonlocal saved
+                    if time.monotonic() - saved >= self.ranking_save_seconds:
+                        checkpoints.write_ranking(directory, split, key, part)
+                        saved = time.monotonic()
+
             result: RankingMetrics = evaluate_ranking(
-                score, triples, self.known, batch_size=self.settings.eval_batch_size, ranking=model.ranking(), degrees=degrees
+                score, triples, self.known, batch_size=self.settings.eval_batch_size, ranking=ranking, degrees=degrees, done=done, on_batch=on_batch
             )
+            if directory is not None:
+                checkpoints.ranking_path(directory, split).unlink(missing_ok=True)
         metrics.WORKER_MRR.labels(self.name, self.job_id, split).set(result.mrr)
         metrics.WORKER_HITS10.labels(self.name, self.job_id, split).set(result.hits_at_10)
         return result.as_dict()
