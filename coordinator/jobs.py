@@ -23,6 +23,7 @@ from kdmkb.services.ray_runtime import unwrap
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # worker restarts within one run of a job before it fails
+RANKING_POLL_SECONDS = 10.0  # how often a ranking under way is reported ("ranking" events)
 # A KB worker died: the actor itself, or a teacher's posted soft labels with it (their owner) before its students read them.
 WORKER_ENDED = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
@@ -77,13 +78,35 @@ class Job:
 @dataclass(frozen=True)
 class JobEvent:
     job_id: str
-    kind: str  # state, started, round, restarted, evaluated, evaluating, finished, failed, stopped
+    kind: str  # state, started, round, restarted, evaluated, evaluating, ranking, finished, failed, stopped
     state: str
     round: int
     total_rounds: int
     progress: dict
     round_seconds: float = 0.0
     message: str = ""
+
+
+def ranking_text(statuses: dict[str, dict | None]) -> str:
+    """How far each KB's ranking is, in words, e.g. "ranking test: a 128/661 triples, ETA 41 min; b done"."""
+    parts, split = [], ""
+    for kb, status in statuses.items():
+        if status is None:
+            parts.append(f"{kb} done")
+            continue
+        split, done, total = status["split"], status["done"], status["total"]
+        ranked = done - status["taken_up"]  # in this sitting: the pace the rest goes at
+        eta = f"ETA {format_seconds(status['seconds'] / ranked * (total - done))}" if ranked > 0 else "ETA ?"
+        parts.append(f"{kb} {done:,}/{total:,} triples, {eta}")
+    return f"ranking {split}: " + "; ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    """``seconds`` as a person reads a wait: "40 s", "12 min", "2 h 05 min"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 class JobRunner(threading.Thread):
@@ -299,6 +322,12 @@ class JobRunner(threading.Thread):
         the job's interruption cut short goes on where it stopped (a cross-encoder's exact ranking takes an hour on UMLS)."""
         folders = {kb: self.store.checkpoint_dir(self.job.job_id, kb) for kb in self.workers}  # None without a state folder
         evaluations = [w.evaluate.remote(split, by_degree=split == "test", directory=folders[kb]) for kb, w in self.workers.items()]
+        pending = evaluations
+        while pending:  # a long ranking says how far it is, every RANKING_POLL_SECONDS
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=RANKING_POLL_SECONDS)
+            statuses = dict(zip(self.workers, ray.get([w.ranking_progress.remote() for w in self.workers.values()]))) if pending else {}
+            if any(statuses.values()):
+                self._emit("ranking", message=ranking_text(statuses))
         results = dict(zip(self.workers, ray.get(evaluations)))
         if split == "valid":
             for kb, result in results.items():

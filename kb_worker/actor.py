@@ -104,6 +104,11 @@ class KBWorkerActor(KBWorker):
         """Answers from a thread of its own, also while the worker trains: the coordinator's health check."""
         return True
 
+    @ray.method(concurrency_group="health")
+    def ranking_progress(self) -> dict | None:
+        """How far the ranking under way is (:attr:`KBWorker.ranking_status`; None: none is), read while :meth:`evaluate` runs."""
+        return self.ranking_status
+
     def placement(self) -> dict:
         context = ray.get_runtime_context()
         return {"node_id": context.get_node_id(), "pid": os.getpid()}

@@ -80,6 +80,7 @@ class KBWorker:
     """Owns one KB's triples, model, optimiser and faiss index; only soft labels and queries over aligned ids leave it."""
 
     ranking_save_seconds = 30.0  # how often a ranking given a folder saves its progress there
+    ranking_status: dict | None = None  # the ranking under way (split, triples done and in all, seconds), read from another thread
 
     def __init__(self, name: str, data_dir: str | Path, worker_type: str, settings: WorkerSettings | dict | None = None, limits: Limits | None = None) -> None:
         self.name = name
@@ -283,9 +284,21 @@ class KBWorker:
                         checkpoints.write_ranking(directory, split, key, part)
                         saved = time.monotonic()
 
-            result: RankingMetrics = evaluate_ranking(
-                score, triples, self.known, batch_size=self.settings.eval_batch_size, ranking=ranking, degrees=degrees, done=done, on_batch=on_batch
-            )
+            taken_up = min(done.batches * self.settings.eval_batch_size, len(triples)) if done else 0
+            status, started = {"split": split, "total": len(triples), "done": 0, "taken_up": taken_up, "seconds": 0.0}, time.monotonic()
+
+            def progress(count: int) -> None:
+                nonlocal status
+                status = {**status, "done": status["done"] + count, "seconds": time.monotonic() - started}
+                self.ranking_status = status  # a new dict each time: a reader never sees one half updated
+
+            self.ranking_status = status
+            try:
+                result: RankingMetrics = evaluate_ranking(
+                    score, triples, self.known, batch_size=self.settings.eval_batch_size, progress=progress, ranking=ranking, degrees=degrees, done=done, on_batch=on_batch
+                )
+            finally:
+                self.ranking_status = None
             if directory is not None:
                 checkpoints.ranking_path(directory, split).unlink(missing_ok=True)
         metrics.WORKER_MRR.labels(self.name, self.job_id, split).set(result.mrr)

@@ -369,6 +369,10 @@ def _run_one(client: CoordinatorClient, job_file: JobFile, strategy: str | None,
         bar.update(event.round - bar.n)
         if event.kind == "evaluating":
             bar.set_description(f"{job_file.strategy} (evaluating)")
+        elif event.kind == "ranking":  # how far a long ranking is, and its ETA
+            bar.set_description(f"{job_file.strategy} ({event.message})")
+        elif event.kind == "round":
+            bar.set_description(job_file.strategy)
 
     try:
         job = client.run(job.job_id, on_event)

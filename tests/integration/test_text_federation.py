@@ -6,6 +6,8 @@ teach, learn, rank and report in a federation, not how well (docs/results-text.m
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kdmkb.protos.kdmkb.coordinator.v1 import coordinator_pb2 as pb
@@ -69,3 +71,19 @@ def test_mtl_kgc_reranks_and_teaches_rotate_through_pull(stub, umls_halves, tiny
         assert job.progress[kb].kd_loss > 0 and job.progress[kb].query_bytes_sent > 0
     evaluated = stub.Evaluate(pb.EvaluateRequest(kb=text, split="valid"), timeout=TIMEOUT).metrics
     assert evaluated.ranking == "rerank@8(rotate)"
+
+
+def test_a_ranking_under_way_reports_how_far_it_is_and_its_eta(stub, umls_halves, tiny_encoder, monkeypatch):
+    from kdmkb.coordinator import jobs
+
+    monkeypatch.setattr(jobs, "RANKING_POLL_SECONDS", 0.05)  # the coordinator runs in this process
+    name = "mtl-kgc-exact"
+    _register(stub, umls_halves, name, "text", "mtl-kgc", {**TEXT, "encoder": tiny_encoder, "eval_batch_size": 16})
+    job = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=[name], settings=to_struct({"rounds": 1, "steps_per_round": 1, "checkpoint_every": 0})), timeout=TIMEOUT).job
+    stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED, events[-1].message
+    ranking = [event.message for event in events if event.kind == "ranking"]
+    assert ranking and all(re.fullmatch(rf"ranking test: {name} [\d,]+/[\d,]+ triples, ETA (\d+ s|\d+ min|\d+ h \d\d min|\?)", text) for text in ranking), ranking
+    done = [int(re.search(r" ([\d,]+)/", text).group(1).replace(",", "")) for text in ranking]
+    assert done == sorted(done) and any("ETA ?" not in text for text in ranking)
