@@ -11,6 +11,7 @@ import contextlib
 import os
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,11 @@ from kdmkb.kb_worker import checkpoints
 from kdmkb.kb_worker.alignment_view import AlignmentView, LocalAlignment
 from kdmkb.kb_worker.combining import StudentContext, make_combination
 from kdmkb.kb_worker.data import KnowledgeBase, load_kb
-from kdmkb.kb_worker.ranking import KnownAnswers, RankingMetrics, evaluate_ranking
+from kdmkb.kb_worker.ranking import KnownAnswers, PartialRanking, RankingMetrics, evaluate_ranking
 from kdmkb.kb_worker.student import Student
 from kdmkb.kb_worker.teacher import Side, Teacher
 from kdmkb.kb_worker.worker_types import WORKER_TYPES, QueryKind, WorkerSettings, WorkerType
+from kdmkb.kb_worker.worker_types.base import Ranking
 from kdmkb.services import metrics
 from kdmkb.services.config import DistillSettings
 from kdmkb.services.errors import ConfigError, DataError, NotFoundError, PreconditionError
@@ -272,30 +274,12 @@ class KBWorker:
             def score(kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
                 return model.score(kind, queries.to(model.device), None if candidates is None else candidates.to(model.device))
 
-            ranking, done, on_batch = model.ranking(), None, None
-            if directory is not None:
-                key = {"kb": self.name, "split": split, "triples": len(triples), "batch_size": self.settings.eval_batch_size, "ranking": ranking.label}
-                key["weights"] = checkpoints.weights_fingerprint(model.modules())
-                done, saved = checkpoints.read_ranking(directory, split, key), time.monotonic()
-
-                def on_batch(part) -> None:
-                    nonlocal saved
-                    if time.monotonic() - saved >= self.ranking_save_seconds:
-                        checkpoints.write_ranking(directory, split, key, part)
-                        saved = time.monotonic()
-
-            taken_up = min(done.batches * self.settings.eval_batch_size, len(triples)) if done else 0
-            status, started = {"split": split, "total": len(triples), "done": 0, "taken_up": taken_up, "seconds": 0.0}, time.monotonic()
-
-            def progress(count: int) -> None:
-                nonlocal status
-                status = {**status, "done": status["done"] + count, "seconds": time.monotonic() - started}
-                self.ranking_status = status  # a new dict each time: a reader never sees one half updated
-
-            self.ranking_status = status
+            ranking = model.ranking()
+            done, on_batch = self._saved_ranking(model, ranking, split, len(triples), directory) if directory is not None else (None, None)
             try:
                 result: RankingMetrics = evaluate_ranking(
-                    score, triples, self.known, batch_size=self.settings.eval_batch_size, progress=progress, ranking=ranking, degrees=degrees, done=done, on_batch=on_batch
+                    score, triples, self.known, batch_size=self.settings.eval_batch_size, progress=self._track_ranking(split, len(triples), done),
+                    ranking=ranking, degrees=degrees, done=done, on_batch=on_batch,
                 )
             finally:
                 self.ranking_status = None
@@ -304,6 +288,32 @@ class KBWorker:
         metrics.WORKER_MRR.labels(self.name, self.job_id, split).set(result.mrr)
         metrics.WORKER_HITS10.labels(self.name, self.job_id, split).set(result.hits_at_10)
         return result.as_dict()
+
+    def _saved_ranking(self, model: WorkerType, ranking: Ranking, split: str, count: int, directory: str | Path) -> tuple[PartialRanking | None, Callable]:
+        """This very ranking's progress saved in ``directory`` (None: none), and the callback that saves it every ``ranking_save_seconds``."""
+        key = {"kb": self.name, "split": split, "triples": count, "batch_size": self.settings.eval_batch_size, "ranking": ranking.label}
+        key["weights"] = checkpoints.weights_fingerprint(model.modules())
+        saved = time.monotonic()
+
+        def on_batch(part: PartialRanking) -> None:
+            nonlocal saved
+            if time.monotonic() - saved >= self.ranking_save_seconds:
+                checkpoints.write_ranking(directory, split, key, part)
+                saved = time.monotonic()
+
+        return checkpoints.read_ranking(directory, split, key), on_batch
+
+    def _track_ranking(self, split: str, total: int, done: PartialRanking | None) -> Callable[[int], None]:
+        """Sets :attr:`ranking_status` to a ranking's start; the returned progress callback keeps it up to date."""
+        taken_up = min(done.batches * self.settings.eval_batch_size, total) if done else 0
+        started = time.monotonic()
+        self.ranking_status = {"split": split, "total": total, "done": 0, "taken_up": taken_up, "seconds": 0.0}
+
+        def progress(count: int) -> None:
+            status = self.ranking_status
+            self.ranking_status = {**status, "done": status["done"] + count, "seconds": time.monotonic() - started}  # a new dict: a reader never sees half of one
+
+        return progress
 
     def predict(self, head: str, relation: str, k: int = 10, tail: str = "") -> list[dict]:
         """Top-k tails for (head, relation), or given ``tail`` instead of ``head`` top-k heads for (relation, tail),
