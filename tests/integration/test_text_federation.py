@@ -77,8 +77,8 @@ def test_a_ranking_under_way_reports_how_far_it_is_and_its_eta(stub, umls_halves
     from kdmkb.coordinator import jobs
 
     monkeypatch.setattr(jobs, "RANKING_POLL_SECONDS", 0.05)  # the coordinator runs in this process
-    name = "mtl-kgc-exact"
-    _register(stub, umls_halves, name, "text", "mtl-kgc", {**TEXT, "encoder": tiny_encoder, "eval_batch_size": 16})
+    name = "lmke-ranking"  # a bi-encoder: a ranking of seconds, not a cross-encoder's minute, still many polls long
+    _register(stub, umls_halves, name, "text", "lmke", {**TEXT, "encoder": tiny_encoder, "eval_batch_size": 16})
     job = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=[name], settings=to_struct({"rounds": 1, "steps_per_round": 1, "checkpoint_every": 0})), timeout=TIMEOUT).job
     stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
     events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
