@@ -150,6 +150,11 @@ class PartialRanking:
     targets: list[torch.Tensor] = field(default_factory=list)
     retrieved: list[torch.Tensor] = field(default_factory=list)
 
+    @property
+    def triples(self) -> int:
+        """How many triples these batches ranked (a tail and a head query each)."""
+        return sum(rank.shape[0] for rank in self.ranks[::2])
+
 
 def evaluate_ranking(
     score: Callable[..., torch.Tensor],
@@ -176,7 +181,7 @@ def evaluate_ranking(
     part = done or PartialRanking()
     earlier = part.seconds
     if progress is not None and part.batches:
-        progress(min(part.batches * batch_size, triples_t.shape[0]))
+        progress(part.triples)
     with torch.no_grad():
         for start in range(part.batches * batch_size, triples_t.shape[0], batch_size):
             batch = triples_t[start : start + batch_size]

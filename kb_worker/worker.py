@@ -290,22 +290,32 @@ class KBWorker:
         return result.as_dict()
 
     def _saved_ranking(self, model: WorkerType, ranking: Ranking, split: str, count: int, directory: str | Path) -> tuple[PartialRanking | None, Callable]:
-        """This very ranking's progress saved in ``directory`` (None: none), and the callback that saves it every ``ranking_save_seconds``."""
+        """This very ranking's progress saved in ``directory`` (None: none), and the callback that saves it every ``ranking_save_seconds``.
+
+        The weights' digest is taken only when a saved file is there or the first save is due:
+        a job's short valid rankings need neither.
+        """
         key = {"kb": self.name, "split": split, "triples": count, "batch_size": self.settings.eval_batch_size, "ranking": ranking.label}
-        key["weights"] = checkpoints.weights_fingerprint(model.modules())
+
+        def full_key() -> dict:
+            if "weights" not in key:
+                key["weights"] = checkpoints.weights_fingerprint(model.modules())
+            return key
+
         saved = time.monotonic()
 
         def on_batch(part: PartialRanking) -> None:
             nonlocal saved
             if time.monotonic() - saved >= self.ranking_save_seconds:
-                checkpoints.write_ranking(directory, split, key, part)
+                checkpoints.write_ranking(directory, split, full_key(), part)
                 saved = time.monotonic()
 
-        return checkpoints.read_ranking(directory, split, key), on_batch
+        found = checkpoints.ranking_path(directory, split).is_file()
+        return (checkpoints.read_ranking(directory, split, full_key()) if found else None), on_batch
 
     def _track_ranking(self, split: str, total: int, done: PartialRanking | None) -> Callable[[int], None]:
         """Sets :attr:`ranking_status` to a ranking's start; the returned progress callback keeps it up to date."""
-        taken_up = min(done.batches * self.settings.eval_batch_size, total) if done else 0
+        taken_up = done.triples if done else 0
         started = time.monotonic()
         self.ranking_status = {"split": split, "total": total, "done": 0, "taken_up": taken_up, "seconds": 0.0}
 

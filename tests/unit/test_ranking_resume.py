@@ -129,6 +129,29 @@ def test_progress_of_other_weights_or_damaged_is_not_taken_up(worker, tmp_path, 
     assert not checkpoints.ranking_path(tmp_path, "test").exists()
 
 
+def test_the_weights_digest_is_taken_only_for_a_saved_ranking_or_a_save_that_is_due(worker, tmp_path, monkeypatch):
+    digests = []
+    fingerprint = checkpoints.weights_fingerprint
+    monkeypatch.setattr(checkpoints, "weights_fingerprint", lambda module: digests.append(1) or fingerprint(module))
+    worker.ranking_save_seconds = 3600.0  # a ranking far shorter than its first save: a job's valid ranking
+    worker.evaluate("test", directory=tmp_path)
+    assert digests == [] and not checkpoints.ranking_path(tmp_path, "test").exists()
+
+    worker.ranking_save_seconds = 0.0
+    score_calls(worker, monkeypatch, fail_after=2 * 2)
+    with pytest.raises(Interrupted):
+        worker.evaluate("test", directory=tmp_path)
+    assert len(digests) == 1  # once, at the first save; the next saves reuse it
+    score_calls(worker, monkeypatch)
+    worker.evaluate("test", directory=tmp_path)
+    assert len(digests) == 2  # the saved file is checked against these weights
+
+
+def test_a_partial_ranking_counts_the_triples_it_ranked_a_short_last_batch_too():
+    part = PartialRanking(2, 0.0, [torch.zeros(4), torch.zeros(4), torch.zeros(3), torch.zeros(3)], [torch.zeros(4)] * 2 + [torch.zeros(3)] * 2, [])
+    assert part.triples == 7 and PartialRanking().triples == 0
+
+
 def test_a_worker_says_how_far_its_ranking_is_while_it_runs(worker, tmp_path, monkeypatch):
     total, size = len(worker.kb.split("test")), SETTINGS["eval_batch_size"]
     seen = []
