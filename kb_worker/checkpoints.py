@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,17 +116,21 @@ def write_ranking(directory: str | Path, split: str, key: dict, part: PartialRan
     _write_whole(ranking_path(directory, split), state)
 
 
-def read_ranking(directory: str | Path, split: str, key: dict) -> PartialRanking | None:
-    """The saved progress of a ranking with this very ``key``; None (ranked from the start) when there is none, or it is damaged or of another ``key``."""
+def read_ranking(directory: str | Path, split: str, key: Callable[[], dict]) -> PartialRanking | None:
+    """The saved progress of a ranking with this very key; None (ranked from the start) when there is none, or it is damaged or of another key.
+
+    ``key`` is called only when a saved file is there: its weights' digest is a pass over every weight.
+    """
     file = ranking_path(directory, split)
     if not file.is_file():
         return None
+    wanted = key()
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
         part = PartialRanking(int(state["batches"]), float(state["seconds"]), list(state["ranks"]), list(state["targets"]), list(state["retrieved"]))
         queries = 2 * part.batches  # a tail and a head query per triple
-        if state["key"] != key or len(part.ranks) != queries or len(part.targets) != queries or len(part.retrieved) not in (0, queries):
-            raise ValueError("of other weights or settings" if state["key"] != key else "inconsistent")
+        if state["key"] != wanted or len(part.ranks) != queries or len(part.targets) != queries or len(part.retrieved) not in (0, queries):
+            raise ValueError("of other weights or settings" if state["key"] != wanted else "inconsistent")
         if not all(isinstance(t, torch.Tensor) for t in (*part.ranks, *part.targets, *part.retrieved)):
             raise ValueError("inconsistent")
     except Exception as error:  # torch raises many types for a damaged file

@@ -310,8 +310,7 @@ class KBWorker:
                 checkpoints.write_ranking(directory, split, full_key(), part)
                 saved = time.monotonic()
 
-        found = checkpoints.ranking_path(directory, split).is_file()
-        return (checkpoints.read_ranking(directory, split, full_key()) if found else None), on_batch
+        return checkpoints.read_ranking(directory, split, full_key), on_batch
 
     def _track_ranking(self, split: str, total: int, done: PartialRanking | None) -> Callable[[int], None]:
         """Sets :attr:`ranking_status` to a ranking's start; the returned progress callback keeps it up to date."""
