@@ -172,8 +172,10 @@ def _numbers(message, data: dict) -> dict:
 
 
 def _print_table(reports: list[dict]) -> None:
+    """The filtered test metrics of each KB under each report's strategy; the KB column is as wide as its longest name needs."""
     kbs = sorted({kb for report in reports for kb in report["kbs"]})
-    header = f"{'KB':<12}{'strategy':<14}{'MRR':>8}{'MR':>9}{'H@1':>8}{'H@3':>8}{'H@10':>8}"
+    width = max([12] + [len(kb) + 2 for kb in kbs])
+    header = f"{'KB':<{width}}{'strategy':<14}{'MRR':>8}{'MR':>9}{'H@1':>8}{'H@3':>8}{'H@10':>8}"
     typer.echo(header)
     typer.echo("-" * len(header))
     for kb in kbs:
@@ -181,7 +183,7 @@ def _print_table(reports: list[dict]) -> None:
             m = report["kbs"].get(kb)
             if m:
                 how = f"  {m['ranking']}, retriever recall {m['retriever_recall']:.4f}" if "ranking" in m else ""
-                typer.echo(f"{kb:<12}{report['strategy']:<14}{m['mrr']:>8.4f}{m['mr']:>9.2f}{m['hits@1']:>8.4f}{m['hits@3']:>8.4f}{m['hits@10']:>8.4f}{how}")
+                typer.echo(f"{kb:<{width}}{report['strategy']:<14}{m['mrr']:>8.4f}{m['mr']:>9.2f}{m['hits@1']:>8.4f}{m['hits@3']:>8.4f}{m['hits@10']:>8.4f}{how}")
 
 
 def _check_report_path(path: Path | None) -> None:
