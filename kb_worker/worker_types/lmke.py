@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase
@@ -80,6 +81,12 @@ def contrastive_bce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tenso
         weights = torch.nan_to_num(weights, nan=0.0)  # rows without negatives
     negative_term = -(weights * F.logsigmoid(-logits)).sum(dim=1)
     return (positive_term + negative_term).mean()
+
+
+def _read_positions(encoder: nn.Module, embeds: torch.Tensor, attention: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """The encoder's output ``[s, d]`` at position ``read[i]`` of each sequence."""
+    hidden = encoder(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), read]
 
 
 def first_occurrences(ids: torch.Tensor) -> torch.Tensor:
@@ -263,7 +270,10 @@ class LMKEWorker(WorkerType):
     def _encode(self, encoder: nn.Module, sequences: list[Sequence], tokens: list[torch.Tensor]) -> torch.Tensor:
         """Outputs ``[s, d]`` at each sequence's read position; ``tokens[j]`` ``[s, d]`` overwrite slot j.
 
-        ``eval_batch_size`` sequences per pass, in order of length (less padding).
+        ``eval_batch_size`` sequences per pass, in order of length (less padding). A step that
+        encodes more than one pass with gradients (a student's relation queries: one query per
+        candidate relation) keeps only each pass's outputs and recomputes its activations in the
+        backward pass, so its memory is one pass's, not every sequence's.
         """
         pad = self.special[3]
         if encoder.training:
@@ -271,6 +281,7 @@ class LMKEWorker(WorkerType):
         words = self.model.query_encoder.get_input_embeddings()
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].ids))
         outputs = []
+        recompute = torch.is_grad_enabled() and len(order) > self.settings.eval_batch_size
         for start in range(0, len(order), self.settings.eval_batch_size):
             chunk = order[start : start + self.settings.eval_batch_size]
             width = max(len(sequences[i].ids) for i in chunk)
@@ -281,8 +292,11 @@ class LMKEWorker(WorkerType):
             embeds = words(ids)
             for slot, vectors in enumerate(tokens):
                 embeds = embeds.index_put((rows, torch.tensor([sequences[i].slots[slot] for i in chunk], device=self.device)), vectors[chosen])
-            hidden = encoder(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
-            outputs.append(hidden[rows, torch.tensor([sequences[i].read for i in chunk], device=self.device)])
+            read = torch.tensor([sequences[i].read for i in chunk], device=self.device)
+            if recompute:
+                outputs.append(checkpoint(_read_positions, encoder, embeds, attention, read, use_reentrant=False))
+            else:
+                outputs.append(_read_positions(encoder, embeds, attention, read))
         return torch.cat(outputs)[torch.argsort(torch.tensor(order, device=self.device))]
 
     def _queries(self, given: torch.Tensor, relation_tokens: torch.Tensor) -> torch.Tensor:
