@@ -46,12 +46,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase
 from kdmkb.kb_worker import ranking  # a module: ranking imports worker_types, which imports this
-from kdmkb.kb_worker.worker_types.text import TextSettings, encoder_path, entity_texts, load_encoder, relation_texts
+from kdmkb.kb_worker.worker_types.text import TextSettings, encode_in_passes, encoder_path, entity_texts, load_encoder, relation_texts
 from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerType, reciprocal_tail_query
 from kdmkb.services.errors import ConfigError
 
@@ -81,12 +80,6 @@ def contrastive_bce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tenso
         weights = torch.nan_to_num(weights, nan=0.0)  # rows without negatives
     negative_term = -(weights * F.logsigmoid(-logits)).sum(dim=1)
     return (positive_term + negative_term).mean()
-
-
-def _read_positions(encoder: nn.Module, embeds: torch.Tensor, attention: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
-    """The encoder's output ``[s, d]`` at position ``read[i]`` of each sequence."""
-    hidden = encoder(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), read]
 
 
 def first_occurrences(ids: torch.Tensor) -> torch.Tensor:
@@ -268,22 +261,13 @@ class LMKEWorker(WorkerType):
         return [Sequence([cls, mask, *self.entity_tokens[e][: self.settings.max_length - 3], sep], (1,), 1) for e in entities]
 
     def _encode(self, encoder: nn.Module, sequences: list[Sequence], tokens: list[torch.Tensor]) -> torch.Tensor:
-        """Outputs ``[s, d]`` at each sequence's read position; ``tokens[j]`` ``[s, d]`` overwrite slot j.
-
-        ``eval_batch_size`` sequences per pass, in order of length (less padding). A step that
-        encodes more than one pass with gradients (a student's relation queries: one query per
-        candidate relation) keeps only each pass's outputs and recomputes its activations in the
-        backward pass, so its memory is one pass's, not every sequence's.
-        """
+        """Outputs ``[s, d]`` at each sequence's read position; ``tokens[j]`` ``[s, d]`` overwrite slot j."""
         pad = self.special[3]
         if encoder.training:
             self.trained_sequences += len(sequences)
         words = self.model.query_encoder.get_input_embeddings()
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].ids))
-        outputs = []
-        recompute = torch.is_grad_enabled() and len(order) > self.settings.eval_batch_size
-        for start in range(0, len(order), self.settings.eval_batch_size):
-            chunk = order[start : start + self.settings.eval_batch_size]
+
+        def inputs(chunk: list[int]) -> tuple[torch.Tensor, ...]:
             width = max(len(sequences[i].ids) for i in chunk)
             ids = torch.tensor([sequences[i].ids + [pad] * (width - len(sequences[i].ids)) for i in chunk], device=self.device)
             attention = torch.tensor([[1] * len(sequences[i].ids) + [0] * (width - len(sequences[i].ids)) for i in chunk], device=self.device)
@@ -292,12 +276,13 @@ class LMKEWorker(WorkerType):
             embeds = words(ids)
             for slot, vectors in enumerate(tokens):
                 embeds = embeds.index_put((rows, torch.tensor([sequences[i].slots[slot] for i in chunk], device=self.device)), vectors[chosen])
-            read = torch.tensor([sequences[i].read for i in chunk], device=self.device)
-            if recompute:
-                outputs.append(checkpoint(_read_positions, encoder, embeds, attention, read, use_reentrant=False))
-            else:
-                outputs.append(_read_positions(encoder, embeds, attention, read))
-        return torch.cat(outputs)[torch.argsort(torch.tensor(order, device=self.device))]
+            return embeds, attention, torch.tensor([sequences[i].read for i in chunk], device=self.device)
+
+        def read_positions(embeds: torch.Tensor, attention: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+            hidden = encoder(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), read]
+
+        return encode_in_passes([len(sequence.ids) for sequence in sequences], self.settings.eval_batch_size, inputs, read_positions)
 
     def _queries(self, given: torch.Tensor, relation_tokens: torch.Tensor) -> torch.Tensor:
         """Query vectors ``[q, d]`` of entity ids and relation token ids (``r`` forward, ``m + r`` inverse)."""

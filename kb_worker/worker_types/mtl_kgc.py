@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from kdmkb.kb_worker.data import KnowledgeBase, contains_sorted
-from kdmkb.kb_worker.worker_types.text import TextSettings, entity_texts, load_encoder, relation_texts
+from kdmkb.kb_worker.worker_types.text import TextSettings, encode_in_passes, entity_texts, load_encoder, relation_texts
 from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, Ranking, WorkerType
 from kdmkb.services.errors import ConfigError
 
@@ -205,25 +205,26 @@ class MTLKGCWorker(WorkerType):
         return build_sequence(segments, cls_id, sep_id, self.settings.max_length)
 
     def _cls_vectors(self, sequences: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-        """Dropout of the [CLS] vectors ``[n, hidden]``: ``eval_batch_size`` sequences per pass, sorted by length so that little is padding."""
+        """Dropout of the [CLS] vectors ``[n, hidden]``."""
         encoder = self.network["encoder"]
         if not sequences:
             return torch.zeros(0, encoder.config.hidden_size, device=self.device)
         if encoder.training:
             self.trained_sequences += len(sequences)
         pad = self._special[2]
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]))
-        chunks = []
-        for start in range(0, len(order), self.settings.eval_batch_size):
-            rows = [sequences[i] for i in order[start : start + self.settings.eval_batch_size]]
+
+        def inputs(chunk: list[int]) -> tuple[torch.Tensor, ...]:
+            rows = [sequences[i] for i in chunk]
             width = max(len(ids) for ids, _ in rows)
             ids = torch.tensor([tokens + [pad] * (width - len(tokens)) for tokens, _ in rows], device=self.device)
             types = torch.tensor([segments + [0] * (width - len(segments)) for _, segments in rows], device=self.device)
             mask = torch.tensor([[1] * len(tokens) + [0] * (width - len(tokens)) for tokens, _ in rows], device=self.device)
-            chunks.append(encoder(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state[:, 0])
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return self.network["dropout"](torch.cat(chunks)[inverse.to(self.device)])
+            return ids, mask, types
+
+        def cls(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            return encoder(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state[:, 0]
+
+        return self.network["dropout"](encode_in_passes([len(ids) for ids, _ in sequences], self.settings.eval_batch_size, inputs, cls))
 
     def _triple_vectors(self, triples: torch.Tensor) -> torch.Tensor:
         """[CLS] vectors of ``[CLS] h [SEP] r [SEP] t [SEP]`` per row of ``triples [n, 3]``."""

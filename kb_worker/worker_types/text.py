@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import Field
+from torch.utils.checkpoint import checkpoint
 
 from kdmkb.kb_worker.data import KnowledgeBase
 from kdmkb.kb_worker.worker_types.base import WorkerSettings
@@ -32,7 +35,7 @@ class TextSettings(WorkerSettings):
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate of the parts that are not the encoder (heads, entity and relation tokens).")
     encoder_learning_rate: float = Field(2e-5, gt=0, description="Learning rate of the pre-trained encoder.")
     batch_size: int = Field(16, gt=0, description="Positive triples per training step.")
-    eval_batch_size: int = Field(64, gt=0, description="Sequences encoded at once outside training.")
+    eval_batch_size: int = Field(64, gt=0, description="Sequences per encoder pass (scoring, ranking, and a training step's candidates beyond one pass).")
 
 
 def encoder_path(setting: str) -> Path:
@@ -64,6 +67,24 @@ def load_encoder(setting: str):
         raise ConfigError(f"settings.encoder: cannot load {str(path)!r} ({error})") from None
     encoder.train()
     return tokenizer, encoder
+
+
+def encode_in_passes(lengths: Sequence[int], pass_size: int, inputs: Callable[[list[int]], tuple], encode: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """Encoded rows ``[n, d]`` of n sequences, in the sequences' order, ``pass_size`` per pass in order of length (little padding).
+
+    ``inputs(indices)`` builds one pass's tensors, ``encode(*tensors)`` runs the encoder on them.
+    With gradients and more than one pass (a student scoring many candidates per query), each pass
+    keeps only its outputs and recomputes its activations in the backward pass, so a step holds one
+    pass's activations, not every sequence's; the recompute replays the pass's random state (dropout).
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    recompute = torch.is_grad_enabled() and len(order) > pass_size
+    outputs = []
+    for start in range(0, len(order), pass_size):
+        tensors = inputs(order[start : start + pass_size])
+        outputs.append(checkpoint(encode, *tensors, use_reentrant=False) if recompute else encode(*tensors))
+    rows = torch.cat(outputs)
+    return rows[torch.argsort(torch.tensor(order, device=rows.device))]
 
 
 def entity_texts(kb: KnowledgeBase) -> tuple[list[str], list[str]]:

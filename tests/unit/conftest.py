@@ -56,3 +56,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def same_gradients_in_passes():
+    """``check(step, whole, passes, runs)``: a text type's step keeps its gradients whatever its pass size.
+
+    ``step(eval_batch_size)`` builds ``(worker, encoder, score)``; in eval mode (no dropout) the
+    gradients of ``score().square().sum()`` are the same with ``whole`` and ``passes`` sequences a
+    pass, and ``encoder`` starts ``runs[0]`` and ``runs[1]`` times (a recomputed pass starts twice).
+    """
+
+    def gradients(step, eval_batch_size):
+        worker, encoder, score = step(eval_batch_size)
+        worker.modules().eval()
+        calls = []
+        # a pre-hook: a recompute stops once it has what the backward pass needs, before forward returns
+        encoder.register_forward_pre_hook(lambda *_: calls.append(1))
+        score().square().sum().backward()
+        return {name: p.grad.clone() for name, p in worker.modules().named_parameters() if p.grad is not None}, len(calls)
+
+    def check(step, whole, passes, runs):
+        (whole_grads, whole_calls), (passes_grads, passes_calls) = gradients(step, whole), gradients(step, passes)
+        assert (whole_calls, passes_calls) == runs
+        assert whole_grads.keys() == passes_grads.keys() and len(whole_grads) > 0
+        for name in whole_grads:
+            torch.testing.assert_close(passes_grads[name], whole_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    return check

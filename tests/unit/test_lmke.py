@@ -394,25 +394,16 @@ def test_a_kb_without_texts_or_a_bad_setting_is_refused_by_name(make_kb, tiny_en
         cls.validate_settings({"memory_bank": -1})
 
 
-def test_a_step_encoding_more_than_one_pass_recomputes_its_activations_and_keeps_the_same_gradients(make_kb, tiny_encoder):
+def test_a_step_encoding_more_than_one_pass_recomputes_its_activations_and_keeps_the_same_gradients(make_kb, tiny_encoder, same_gradients_in_passes):
     """A student's relation queries encode one query per candidate relation: with gradients, each
     pass of ``eval_batch_size`` sequences keeps only its outputs (the encoder runs again in the
     backward pass), and the gradients equal those of one pass holding every activation."""
     queries = torch.tensor([[0, 4], [3, 1], [2, 0]])
 
-    def gradients(eval_batch_size):
+    def step(eval_batch_size):
         torch.manual_seed(0)
         worker = build(text_kb(make_kb), tiny_encoder, eval_batch_size=eval_batch_size)
-        worker.modules().eval()  # no dropout: both runs compute the same function
-        calls = []
-        worker.model.query_encoder.register_forward_hook(lambda *_: calls.append(1))
-        worker.score(RELATION, queries).square().sum().backward()
-        grads = {name: p.grad.clone() for name, p in worker.modules().named_parameters() if p.grad is not None}
-        return grads, len(calls)
+        return worker, worker.model.query_encoder, lambda: worker.score(RELATION, queries)
 
-    whole, whole_calls = gradients(eval_batch_size=64)  # 3 queries x 2 relations: one pass
-    passes, passes_calls = gradients(eval_batch_size=2)  # three passes, each run again backward
-    assert (whole_calls, passes_calls) == (1, 6)
-    assert whole.keys() == passes.keys() and len(whole) > 0
-    for name in whole:
-        torch.testing.assert_close(passes[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
+    # 3 queries x 2 relations: one pass of 64, or three passes of 2, each run again backward
+    same_gradients_in_passes(step, whole=64, passes=2, runs=(1, 6))

@@ -398,3 +398,17 @@ def test_link_prediction_learns_a_tiny_kb(make_kb, encoder):
         worker.updates += 1
     after = mrr()
     assert after > 0.7 and after > before + 0.3, (before, after)
+
+
+def test_a_student_step_over_many_candidates_recomputes_each_pass_and_keeps_the_same_gradients(make_kb, encoder, same_gradients_in_passes):
+    """A student scores one cross-encoder sequence per (query, candidate): with gradients, each pass
+    of ``eval_batch_size`` sequences keeps only its outputs (the encoder runs again in the backward
+    pass), and the gradients equal those of one pass holding every activation."""
+    queries = torch.tensor([[0, 1], [3, 0]])
+
+    def step(eval_batch_size):
+        worker = _worker(_small_kb(make_kb), encoder, eval_batch_size=eval_batch_size)
+        return worker, worker.network["encoder"], lambda: worker.score(TAIL, queries)
+
+    # 2 queries x 4 candidates: one pass of 64, or three passes of 3, each run again backward
+    same_gradients_in_passes(step, whole=64, passes=3, runs=(1, 6))
