@@ -50,7 +50,7 @@ from torch import nn
 from kdmkb.kb_worker.candidates import PoolIndex
 from kdmkb.kb_worker.data import KnowledgeBase
 from kdmkb.kb_worker import ranking  # a module: ranking imports worker_types, which imports this
-from kdmkb.kb_worker.worker_types.text import TextSettings, encode_in_passes, encoder_path, entity_texts, load_encoder, relation_texts
+from kdmkb.kb_worker.worker_types.text import TextSettings, attention_mask, encode_in_passes, encoder_path, entity_texts, load_encoder, padded, relation_texts
 from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, WorkerType, reciprocal_tail_query
 from kdmkb.services.errors import ConfigError
 
@@ -268,9 +268,8 @@ class LMKEWorker(WorkerType):
         words = self.model.query_encoder.get_input_embeddings()
 
         def inputs(chunk: list[int]) -> tuple[torch.Tensor, ...]:
-            width = max(len(sequences[i].ids) for i in chunk)
-            ids = torch.tensor([sequences[i].ids + [pad] * (width - len(sequences[i].ids)) for i in chunk], device=self.device)
-            attention = torch.tensor([[1] * len(sequences[i].ids) + [0] * (width - len(sequences[i].ids)) for i in chunk], device=self.device)
+            token_rows = [sequences[i].ids for i in chunk]
+            ids, attention = padded(token_rows, pad, self.device), attention_mask(token_rows, self.device)
             rows = torch.arange(len(chunk), device=self.device)
             chosen = torch.tensor(chunk, device=self.device)
             embeds = words(ids)

@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
 from kdmkb.kb_worker.data import KnowledgeBase, contains_sorted
-from kdmkb.kb_worker.worker_types.text import TextSettings, encode_in_passes, entity_texts, load_encoder, relation_texts
+from kdmkb.kb_worker.worker_types.text import TextSettings, attention_mask, encode_in_passes, entity_texts, load_encoder, padded, relation_texts
 from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, Ranking, WorkerType
 from kdmkb.services.errors import ConfigError
 
@@ -214,12 +214,8 @@ class MTLKGCWorker(WorkerType):
         pad = self._special[2]
 
         def inputs(chunk: list[int]) -> tuple[torch.Tensor, ...]:
-            rows = [sequences[i] for i in chunk]
-            width = max(len(ids) for ids, _ in rows)
-            ids = torch.tensor([tokens + [pad] * (width - len(tokens)) for tokens, _ in rows], device=self.device)
-            types = torch.tensor([segments + [0] * (width - len(segments)) for _, segments in rows], device=self.device)
-            mask = torch.tensor([[1] * len(tokens) + [0] * (width - len(tokens)) for tokens, _ in rows], device=self.device)
-            return ids, mask, types
+            tokens, segments = [sequences[i][0] for i in chunk], [sequences[i][1] for i in chunk]
+            return padded(tokens, pad, self.device), attention_mask(tokens, self.device), padded(segments, 0, self.device)
 
         def cls(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
             return encoder(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state[:, 0]

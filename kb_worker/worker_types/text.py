@@ -69,6 +69,17 @@ def load_encoder(setting: str):
     return tokenizer, encoder
 
 
+def padded(rows: list[list[int]], value: int, device: torch.device) -> torch.Tensor:
+    """``[n, longest]`` of integer rows, each filled out with ``value``."""
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows], device=device)
+
+
+def attention_mask(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """1 over each row's tokens, 0 over the padding :func:`padded` adds."""
+    return padded([[1] * len(row) for row in rows], 0, device)
+
+
 def encode_in_passes(lengths: Sequence[int], pass_size: int, inputs: Callable[[list[int]], tuple], encode: Callable[..., torch.Tensor]) -> torch.Tensor:
     """Encoded rows ``[n, d]`` of n sequences, in the sequences' order, ``pass_size`` per pass in order of length (little padding).
 
