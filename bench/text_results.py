@@ -68,6 +68,10 @@ ROWS = {
     # WN18RR (40,943 entities, short synset glosses): C-LMKE at a stated budget, MTL-KGC reranking
     # RotatE's top 10, structural types beside them (their wall times side by side in the table).
     "wn18rr-lmke": _row("lmke", {**LMKE, "max_length": 32}, 20, 100, "2,000 steps of 16", WN18RR),
+    # wn18rr-lmke learned the candidates' degree prior and not their texts: the same budget with a
+    # cosine matcher (no MLP to carry the prior), and with the MLP but without degrees.
+    "wn18rr-lmke-cosine": _row("lmke", {**LMKE, "max_length": 32, "matcher": "cosine"}, 20, 100, "2,000 steps of 16", WN18RR),
+    "wn18rr-lmke-no-degrees": _row("lmke", {**LMKE, "max_length": 32, "degrees": False}, 20, 100, "2,000 steps of 16", WN18RR),
     "wn18rr-mtl-kgc-rerank": _row("mtl-kgc", {**MTL_KGC, "max_length": 32, "rerank_k": 10, "retriever": "rotate"}, 20, 100, "2,000 steps of 16; rerank@10(rotate)", WN18RR),
     "wn18rr-rotate": _row("rotate", {**STRUCTURAL, "batch_size": 512}, 20, 500, "10,000 steps of 512 (59 epochs)", WN18RR),
     "wn18rr-complex-1vsall": _row("feature-complex", {"rank": 200, "batch_size": 1000, "n3": 0.1, "threads": 2}, 20, 87, "1,740 steps of 1000, 1vsAll + reciprocals, N3 (20 epochs)", WN18RR),
