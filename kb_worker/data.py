@@ -102,6 +102,42 @@ class KnowledgeBase:
         return np.concatenate([self.train, self.valid, self.test, self.filter_only])
 
 
+class ShuffledPasses:
+    """Batches of row ids, ``batch_size`` at a time, from passes over ``num_rows`` rows, each pass in a fresh random order.
+
+    A pass's last rows, too few for a batch, wait for no one: the next batch starts a new pass.
+    The orders come from ``generator`` (default: torch's global one).
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, generator: torch.Generator | None = None) -> None:
+        self.num_rows = num_rows
+        self.batch_size = min(batch_size, num_rows)
+        self.generator = generator
+        self.restart()
+
+    def restart(self) -> None:
+        self._order = torch.empty(0, dtype=torch.long)
+        self._cursor = self.num_rows
+
+    def next(self) -> torch.Tensor:
+        if self._cursor + self.batch_size > len(self._order):
+            self._order = torch.randperm(self.num_rows, generator=self.generator)
+            self._cursor = 0
+        batch = self._order[self._cursor : self._cursor + self.batch_size]
+        self._cursor += self.batch_size
+        return batch
+
+    def state(self) -> dict:
+        """Where the pass stands (and its own generator, when it has one), for a checkpoint."""
+        state = {"order": self._order, "cursor": self._cursor}
+        return state if self.generator is None else {**state, "generator": self.generator.get_state()}
+
+    def restore(self, state: dict) -> None:
+        self._order, self._cursor = state["order"], int(state["cursor"])
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
+
+
 def contains_sorted(sorted_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Whether each of ``keys`` is in ``sorted_keys`` (a sorted 1-d tensor): membership by binary search."""
     position = torch.searchsorted(sorted_keys, keys).clamp(max=sorted_keys.numel() - 1)

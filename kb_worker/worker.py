@@ -20,7 +20,7 @@ import torch
 from kdmkb.kb_worker import checkpoints
 from kdmkb.kb_worker.alignment_view import AlignmentView, LocalAlignment
 from kdmkb.kb_worker.combining import StudentContext, make_combination
-from kdmkb.kb_worker.data import KnowledgeBase, load_kb
+from kdmkb.kb_worker.data import KnowledgeBase, ShuffledPasses, load_kb
 from kdmkb.kb_worker.ranking import KnownAnswers, PartialRanking, RankingMetrics, evaluate_ranking
 from kdmkb.kb_worker.student import Student
 from kdmkb.kb_worker.teacher import Side, Teacher
@@ -40,28 +40,19 @@ class BatchSchedule:
     """
 
     def __init__(self, num_triples: int, batch_size: int) -> None:
-        self.num_triples = num_triples
-        self.batch_size = min(batch_size, num_triples)
+        self.passes = ShuffledPasses(num_triples, batch_size)
+        self.batch_size = self.passes.batch_size
         self.reset()
 
     def reset(self) -> None:
-        self._order = torch.empty(0, dtype=torch.long)
-        self._cursor = self.num_triples
+        self.passes.restart()
         self._round: int | None = None
         self._batches: list[torch.Tensor] = []
-
-    def _next(self) -> torch.Tensor:
-        if self._cursor + self.batch_size > len(self._order):
-            self._order = torch.randperm(self.num_triples)
-            self._cursor = 0
-        batch = self._order[self._cursor : self._cursor + self.batch_size]
-        self._cursor += self.batch_size
-        return batch
 
     def batches(self, round_: int, steps: int) -> list[torch.Tensor]:
         """Row ids of round ``round_``'s ``steps`` batches: drawn at the round's first call, the same until it ends."""
         if self._round != round_:
-            self._round, self._batches = round_, [self._next() for _ in range(steps)]
+            self._round, self._batches = round_, [self.passes.next() for _ in range(steps)]
         elif len(self._batches) != steps:
             raise PreconditionError(f"round {round_} was drawn with {len(self._batches)} steps, not {steps}")
         return self._batches
@@ -71,11 +62,11 @@ class BatchSchedule:
 
     def state(self) -> dict:
         """Where the pass stands between rounds, for a checkpoint."""
-        return {"order": self._order, "cursor": self._cursor}
+        return self.passes.state()
 
     def restore(self, state: dict) -> None:
         self.reset()
-        self._order, self._cursor = state["order"], int(state["cursor"])
+        self.passes.restore(state)
 
 
 class KBWorker:

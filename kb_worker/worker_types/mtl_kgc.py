@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from kdmkb.kb_worker.data import KnowledgeBase, contains_sorted
+from kdmkb.kb_worker.data import KnowledgeBase, ShuffledPasses, contains_sorted
 from kdmkb.kb_worker.worker_types.text import TextSettings, attention_mask, encode_in_passes, entity_texts, load_encoder, padded, relation_texts
 from kdmkb.kb_worker.worker_types.base import WORKER_TYPES, QueryKind, Ranking, WorkerType
 from kdmkb.services.errors import ConfigError
@@ -35,8 +35,10 @@ class MTLKGCSettings(TextSettings):
     negatives: int = Field(1, gt=0, description="Corrupted triples (head or tail replaced by a random entity) per positive, for lp and rr.")
     margin: float = Field(0.1, gt=0, description="Relevance ranking's margin between a triple's sigmoid score and its corrupted twin's.")
     rerank_k: int = Field(0, ge=0, description="0: rank every entity with the cross-encoder; k > 0: rerank the retriever's top k.")
-    retriever: str = Field("rotate", description="Worker type of the model that retrieves candidates when rerank_k > 0, trained on the same batches.")
-    retriever_settings: dict = Field(default_factory=dict, description="The retriever's settings (its own learning rate; device and threads are this worker's).")
+    retriever: str = Field("rotate", description="Worker type of the model that retrieves candidates when rerank_k > 0, trained alongside: one batch of its own per step.")
+    retriever_settings: dict = Field(
+        default_factory=dict, description="The retriever's settings (its own learning rate and batch_size: a step's batch for it; device and threads are this worker's)."
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -178,17 +180,31 @@ class MTLKGCWorker(WorkerType):
         steps_per_pass = max(1, math.ceil(len(kb.train) / settings.batch_size))
         self.schedule = TaskSchedule({task: steps_per_pass for task in settings.tasks}, generator)
         self._step_task: tuple[int, str] = (-1, "")
+        if self.retriever is not None:
+            # A cross-encoder step sees a few triples; the retriever, a cheap model, needs its own
+            # batch size (and so its own passes over train) to learn as much in as many steps,
+            # drawn from a generator of its own for the task draw's reason.
+            self._train = train
+            passes = torch.Generator().manual_seed(int(torch.randint(1 << 62, ())))
+            self._retriever_passes = ShuffledPasses(len(train), self.retriever.settings.batch_size, passes)
+            self._retriever_batch: tuple[int, torch.Tensor | None] = (-1, None)
 
     def modules(self) -> nn.Module:
         return self.network
 
     def training_state(self) -> dict:
-        return {"left": self.schedule.left, "generator": self.schedule.generator.get_state(), "step_task": list(self._step_task)}
+        state = {"left": self.schedule.left, "generator": self.schedule.generator.get_state(), "step_task": list(self._step_task)}
+        if self.retriever is not None:
+            state["retriever"] = {"passes": self._retriever_passes.state(), "own": self.retriever.training_state()}
+        return state
 
     def load_training_state(self, state: dict) -> None:
         self.schedule.left = state["left"].clone()
         self.schedule.generator.set_state(state["generator"])
         self._step_task = (int(state["step_task"][0]), str(state["step_task"][1]))
+        if self.retriever is not None:
+            self._retriever_passes.restore(state["retriever"]["passes"])
+            self.retriever.load_training_state(state["retriever"]["own"])
 
     def parameter_groups(self) -> list[dict]:
         settings: MTLKGCSettings = self.settings  # type: ignore[assignment]
@@ -308,8 +324,14 @@ class MTLKGCWorker(WorkerType):
             self._step_task = (self.updates, self.schedule.draw())
         return self._step_task[1]
 
+    def retriever_batch(self) -> torch.Tensor:
+        """This optimiser step's batch for the retriever (its own batch_size): drawn once per step, however often the step asks."""
+        if self._retriever_batch[0] != self.updates:
+            self._retriever_batch = (self.updates, self._train[self._retriever_passes.next()])
+        return self._retriever_batch[1]
+
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """The drawn task's loss on ``batch`` (plus the retriever's own loss on it, when there is one)."""
+        """The drawn task's loss on ``batch`` (plus the retriever's own loss on its own batch, when there is one)."""
         task = self.task()
         if task == "rp":
             loss = F.cross_entropy(self.rp_logits(batch[:, [0, 2]]), batch[:, 1].to(self.device))
@@ -325,5 +347,5 @@ class MTLKGCWorker(WorkerType):
                 hinge = torch.relu(scores[batch.shape[0] :] - positive + self.settings.margin)
                 loss = hinge.sum() / max(1, hinge.numel())
         if self.retriever is not None:
-            loss = loss + self.retriever.train_loss(batch)
+            loss = loss + self.retriever.train_loss(self.retriever_batch())
         return loss

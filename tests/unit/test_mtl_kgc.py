@@ -356,8 +356,8 @@ def test_top_candidates_rerank_the_retrievers_shortlist(make_kb, encoder):
     assert worker.top_candidates(TAIL, queries, pool, 6).shape == (2, 6)  # k beyond rerank_k: the retriever's top k
 
 
-def test_the_retriever_trains_on_each_batch_in_its_own_parameter_group(make_kb, encoder, monkeypatch):
-    worker = _worker(_rerank_kb(make_kb), encoder, rerank_k=4, retriever_settings={"dim": 4, "learning_rate": 0.05}, learning_rate=0.002)
+def test_the_retriever_trains_on_a_batch_of_its_own_size_in_its_own_parameter_group(make_kb, encoder, monkeypatch):
+    worker = _worker(_rerank_kb(make_kb), encoder, rerank_k=4, retriever_settings={"dim": 4, "learning_rate": 0.05, "batch_size": 5}, learning_rate=0.002)
     groups = worker.parameter_groups()
     assert [group["lr"] for group in groups] == [2e-5, 0.002, 0.05]
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in worker.retriever.modules().parameters()}
@@ -365,11 +365,41 @@ def test_the_retriever_trains_on_each_batch_in_its_own_parameter_group(make_kb, 
     assert "retriever.entity.weight" in worker.modules().state_dict()  # checkpoints hold it
     batch = torch.from_numpy(worker.kb.train[:4])
     _fixed(worker, monkeypatch, "rp")
+    own_batch = worker.retriever_batch()
+    assert own_batch.shape == (5, 3) and worker.retriever_batch() is own_batch  # drawn once per step
     torch.manual_seed(1)
     own = worker.train_loss(batch)
     torch.manual_seed(1)
-    expected = torch.nn.functional.cross_entropy(worker.rp_logits(batch[:, [0, 2]]), batch[:, 1]) + worker.retriever.train_loss(batch)
+    expected = torch.nn.functional.cross_entropy(worker.rp_logits(batch[:, [0, 2]]), batch[:, 1]) + worker.retriever.train_loss(own_batch)
     assert own.item() == pytest.approx(expected.item(), rel=1e-6)
+    worker.updates += 1
+    assert not torch.equal(worker.retriever_batch(), own_batch)  # the next step, the next batch
+
+
+def test_the_retrievers_batches_pass_over_every_train_triple_and_resume_from_a_checkpoint(make_kb, encoder):
+    kb = _rerank_kb(make_kb)
+    size = len(kb.train) // 3
+    settings = {"rerank_k": 4, "retriever_settings": {"dim": 4, "batch_size": size}}
+    worker = _worker(kb, encoder, **settings)
+
+    def steps(worker, count):
+        drawn = []
+        for _ in range(count):
+            drawn.append(worker.retriever_batch())
+            worker.updates += 1
+        return torch.cat(drawn)
+
+    one_pass = steps(worker, 3)
+    rows = {tuple(row) for row in one_pass.tolist()}
+    assert len(rows) == 3 * size and rows <= {tuple(row) for row in kb.train.tolist()}  # train rows, none twice in a pass
+    steps(worker, 1)  # into the second pass
+    state = worker.training_state()
+    expected = steps(worker, 4)
+    resumed = _worker(kb, encoder, seed=7, **settings)
+    resumed.load_training_state(state)
+    resumed.updates = worker.updates - 4
+    torch.manual_seed(11)  # the batches come from the retriever's own generator, in the state
+    assert torch.equal(steps(resumed, 4), expected)
 
 
 # -- it learns --------------------------------------------------------------------------------------
