@@ -23,7 +23,7 @@ from kdmkb.services.ray_runtime import unwrap
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # worker restarts within one run of a job before it fails
-RANKING_POLL_SECONDS = 10.0  # how often a ranking under way is reported ("ranking" events)
+WORK_POLL_SECONDS = 10.0  # how often the work under way is reported ("working" events in a round, "ranking" ones in an evaluation)
 # A KB worker died: the actor itself, or a teacher's posted soft labels with it (their owner) before its students read them.
 WORKER_ENDED = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
@@ -87,18 +87,21 @@ class JobEvent:
     message: str = ""
 
 
-def ranking_text(statuses: dict[str, dict | None]) -> str:
-    """How far each KB's ranking is, in words, e.g. "ranking test: a 128/661 triples, ETA 41 min; b done"."""
-    parts, split = [], ""
+def work_text(statuses: dict[str, dict | None], idle: str) -> str:
+    """Each KB's work under way (:meth:`KBWorker.work_progress`) in words, ``idle`` for a KB with none, e.g.
+    "a ranking test 128/661 triples, ETA 41 min; b done" or "text training 12/65 steps, ETA 9 min; struct teaching text, 4 min"."""
+    parts = []
     for kb, status in statuses.items():
         if status is None:
-            parts.append(f"{kb} done")
-            continue
-        split, done, total = status["split"], status["done"], status["total"]
-        ranked = done - status["taken_up"]  # in this sitting: the pace the rest goes at
-        eta = f"ETA {format_seconds(status['seconds'] / ranked * (total - done))}" if ranked > 0 else "ETA ?"
-        parts.append(f"{kb} {done:,}/{total:,} triples, {eta}")
-    return f"ranking {split}: " + "; ".join(parts)
+            parts.append(f"{kb} {idle}")
+        elif not status["total"]:  # not counted: how long it has run
+            parts.append(f"{kb} {status['work']}, {format_seconds(status['seconds'])}")
+        else:
+            done, total = status["done"], status["total"]
+            counted = done - status["taken_up"]  # in this sitting: the pace the rest goes at
+            eta = f"ETA {format_seconds(status['seconds'] / counted * (total - done))}" if counted > 0 else "ETA ?"
+            parts.append(f"{kb} {status['work']} {done:,}/{total:,} {status['unit']}, {eta}")
+    return "; ".join(parts)
 
 
 def format_seconds(seconds: float) -> str:
@@ -285,10 +288,11 @@ class JobRunner(threading.Thread):
         for edge in edges:
             weights[edge.student][edge.teacher] = edge.weight
         # every teacher's labels are made before any KB trains: one that cannot send them (max_label_bytes) fails the round with no model changed
-        taught = ray.get(list(pushed.values()))
-        pull_stats = ray.get([ref for _, asked, answered in pulled for ref in (asked, answered)])
+        where = f"round {round_ + 1}/{settings.rounds}: "
+        taught = self._reporting(list(pushed.values()), "working", where, "waiting")
+        pull_stats = self._reporting([ref for _, asked, answered in pulled for ref in (asked, answered)], "working", where, "waiting")
         train = {kb: self.workers[kb].train.remote(round_, steps, *inbound[kb], weights=weights[kb]) for kb in plan.training}
-        trained = dict(zip(train, ray.get(list(train.values()))))
+        trained = dict(zip(train, self._reporting(list(train.values()), "working", where, "waiting")))
         routed: dict[tuple[str, str], tuple[int, int]] = {}  # (teacher, student) -> (bytes, messages)
         for teacher, stats in zip(pushed, taught):
             for student, size in stats["bytes"].items():
@@ -322,18 +326,23 @@ class JobRunner(threading.Thread):
         the job's interruption cut short goes on where it stopped (a cross-encoder's exact ranking takes an hour on UMLS)."""
         folders = {kb: self.store.checkpoint_dir(self.job.job_id, kb) for kb in self.workers}  # None without a state folder
         evaluations = [w.evaluate.remote(split, by_degree=split == "test", directory=folders[kb]) for kb, w in self.workers.items()]
-        pending = evaluations
-        while pending:  # a long ranking says how far it is, every RANKING_POLL_SECONDS
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=RANKING_POLL_SECONDS)
-            statuses = dict(zip(self.workers, ray.get([w.ranking_progress.remote() for w in self.workers.values()]))) if pending else {}
-            if any(statuses.values()):
-                self._emit("ranking", message=ranking_text(statuses))
-        results = dict(zip(self.workers, ray.get(evaluations)))
+        results = dict(zip(self.workers, self._reporting(evaluations, "ranking", "", "done")))
         if split == "valid":
             for kb, result in results.items():
                 self.job.progress[kb]["valid"] = result
             self._emit("evaluated")
         return results
+
+    def _reporting(self, refs: list, kind: str, prefix: str, idle: str) -> list:
+        """``ray.get(refs)``; while they run, a ``kind`` event every WORK_POLL_SECONDS saying each KB's work under way
+        (a cross-encoder's round or ranking can take an hour)."""
+        pending = refs
+        while pending:
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=WORK_POLL_SECONDS)
+            statuses = dict(zip(self.workers, ray.get([w.work_progress.remote() for w in self.workers.values()]))) if pending else {}
+            if any(statuses.values()):
+                self._emit(kind, message=prefix + work_text(statuses, idle))
+        return ray.get(refs)
 
     def _checkpoint(self, settings: JobSettings, strategy) -> None:
         """Every worker's checkpoint of this round, and the job's side of it (progress, strategy state); the last ``keep_checkpoints`` are kept."""

@@ -105,9 +105,9 @@ class KBWorkerActor(KBWorker):
         return True
 
     @ray.method(concurrency_group="health")
-    def ranking_progress(self) -> dict | None:
-        """How far the ranking under way is (:attr:`KBWorker.ranking_status`; None: none is), read while :meth:`evaluate` runs."""
-        return self.ranking_status
+    def work_progress(self) -> dict | None:
+        """:meth:`KBWorker.work_progress`, from a thread of its own: read while a round's call or a ranking runs."""
+        return KBWorker.work_progress(self)
 
     def placement(self) -> dict:
         context = ray.get_runtime_context()

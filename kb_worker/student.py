@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -104,8 +104,8 @@ class Student(Side):
         return steps, senders
 
     # -- training --------------------------------------------------------------------------------
-    def train(self, batches: list[torch.Tensor], lessons: dict[int, StepLessons]) -> dict:
-        """One update per batch; returns the mean own and KD losses and what the combination chose."""
+    def train(self, batches: list[torch.Tensor], lessons: dict[int, StepLessons], progress: Callable[[int], None] | None = None) -> dict:
+        """One update per batch (each counted by ``progress``); returns the mean own and KD losses and what the combination chose."""
         model, alpha, scale = self.model, self.distill.alpha, self.model.logit_scale
         own_total = kd_total = 0.0
         kd_steps = 0
@@ -137,6 +137,8 @@ class Student(Side):
             self.optimizer.step()
             model.updates += 1
             own_total += float(own.detach())
+            if progress is not None:
+                progress(1)
         return {
             "loss": own_total / max(1, len(batches)),
             "kd_loss": kd_total / kd_steps if kd_steps else 0.0,

@@ -73,7 +73,7 @@ class KBWorker:
     """Owns one KB's triples, model, optimiser and faiss index; only soft labels and queries over aligned ids leave it."""
 
     ranking_save_seconds = 30.0  # how often a ranking given a folder saves its progress there
-    ranking_status: dict | None = None  # the ranking under way (split, triples done and in all, seconds), read from another thread
+    _work: dict | None = None  # the work under way (see work_progress), set here and read from another thread
 
     def __init__(self, name: str, data_dir: str | Path, worker_type: str, settings: WorkerSettings | dict | None = None, limits: Limits | None = None) -> None:
         self.name = name
@@ -178,13 +178,35 @@ class KBWorker:
         metrics.WORKER_SENT_MESSAGES.labels(*labels).inc(len(messages))
         return [self._post(message) for message in messages]
 
+    # -- work under way ----------------------------------------------------------------------
+    def work_progress(self) -> dict | None:
+        """The work under way (None: none): ``work`` in words, ``done`` of ``total`` ``unit`` (total 0: not counted),
+        ``taken_up`` (done by an earlier sitting) and the ``seconds`` it has run; read while a round or a ranking runs."""
+        work = self._work
+        return None if work is None else {**{k: v for k, v in work.items() if k != "started"}, "seconds": time.monotonic() - work["started"]}
+
+    @contextlib.contextmanager
+    def _working(self, work: str, total: int = 0, unit: str = "", taken_up: int = 0):
+        """:meth:`work_progress` says ``work`` for the block's duration; the block counts what it has done with the callback it is given
+        (``taken_up`` of it, done in an earlier sitting, first)."""
+        self._work = {"work": work, "total": total, "unit": unit, "done": 0, "taken_up": taken_up, "started": time.monotonic()}
+
+        def progress(count: int) -> None:
+            work = self._work  # a new dict each time: a reader never sees half of one
+            self._work = {**work, "done": work["done"] + count}
+
+        try:
+            yield progress
+        finally:
+            self._work = None
+
     # -- teaching --------------------------------------------------------------------------
     def teach(self, round_: int, steps: int, students: list[str]) -> tuple:
         """Push: ``(stats, messages_for_student_1, ...)``, each a list of ``SoftLabels`` messages over the
         queries of this round's batches whose given parts are aligned with that student (several when
         they exceed ``max_label_bytes``)."""
         started = time.perf_counter()
-        with self._evaluating(), torch.no_grad():
+        with self._working(f"teaching {', '.join(students)}"), self._evaluating(), torch.no_grad():
             messages = self.teacher.push(round_, self.schedule.batches(round_, steps), students, self.step)
         stats = {
             "bytes": {s: sum(map(len, m)) for s, m in zip(students, messages)},
@@ -196,7 +218,7 @@ class KBWorker:
     def answer(self, queries: bytes) -> tuple:
         """Pull: ``(stats, messages)``, the ``SoftLabels`` messages over a student's ``Queries``."""
         started = time.perf_counter()
-        with self._evaluating(), torch.no_grad():
+        with self._working("answering"), self._evaluating(), torch.no_grad():
             student, messages = self.teacher.answer(queries)
         stats = {"bytes": sum(map(len, messages)), "messages": len(messages), "student": student, "seconds": time.perf_counter() - started}
         return stats, self._send(student, messages)
@@ -204,7 +226,7 @@ class KBWorker:
     # -- learning --------------------------------------------------------------------------
     def ask(self, round_: int, steps: int, teacher: str, rule: str = "top-k") -> tuple:
         """Pull: ``(stats, payload)``, a ``Queries`` message for ``teacher`` over this round's batches."""
-        with self._evaluating(), torch.no_grad():  # the listed rule searches the student's own model
+        with self._working(f"asking {teacher}"), self._evaluating(), torch.no_grad():  # the listed rule searches the student's own model
             payload = self.student.ask(round_, self.schedule.batches(round_, steps), self._train, teacher, rule)
         metrics.WORKER_QUERY_SENT_BYTES.labels(self.name, teacher, self.job_id).inc(len(payload))
         return {"bytes": len(payload)}, payload
@@ -224,7 +246,8 @@ class KBWorker:
         batches = [self._train[rows] for rows in self.schedule.batches(round_, steps)]
         self.schedule.end_round()
         sequences_before = self.model.trained_sequences
-        result = self.student.train(batches, lessons)
+        with self._working("training", len(batches), "steps") as progress:
+            result = self.student.train(batches, lessons, progress)
         self.step += len(batches)
         labels = (self.name, self.job_id)
         metrics.WORKER_LOSS.labels(*labels).set(result["loss"])  # before the check: a NaN loss is what the alert looks for
@@ -267,13 +290,11 @@ class KBWorker:
 
             ranking = model.ranking()
             done, on_batch = self._saved_ranking(model, ranking, split, len(triples), directory) if directory is not None else (None, None)
-            try:
+            with self._working(f"ranking {split}", len(triples), "triples", taken_up=done.triples if done else 0) as progress:
                 result: RankingMetrics = evaluate_ranking(
-                    score, triples, self.known, batch_size=self.settings.eval_batch_size, progress=self._track_ranking(split, len(triples), done),
+                    score, triples, self.known, batch_size=self.settings.eval_batch_size, progress=progress,
                     ranking=ranking, degrees=degrees, done=done, on_batch=on_batch,
                 )
-            finally:
-                self.ranking_status = None
             if directory is not None:
                 checkpoints.ranking_path(directory, split).unlink(missing_ok=True)
         metrics.WORKER_MRR.labels(self.name, self.job_id, split).set(result.mrr)
@@ -302,18 +323,6 @@ class KBWorker:
                 saved = time.monotonic()
 
         return checkpoints.read_ranking(directory, split, full_key), on_batch
-
-    def _track_ranking(self, split: str, total: int, done: PartialRanking | None) -> Callable[[int], None]:
-        """Sets :attr:`ranking_status` to a ranking's start; the returned progress callback keeps it up to date."""
-        taken_up = done.triples if done else 0
-        started = time.monotonic()
-        self.ranking_status = {"split": split, "total": total, "done": 0, "taken_up": taken_up, "seconds": 0.0}
-
-        def progress(count: int) -> None:
-            status = self.ranking_status
-            self.ranking_status = {**status, "done": status["done"] + count, "seconds": time.monotonic() - started}  # a new dict: a reader never sees half of one
-
-        return progress
 
     def predict(self, head: str, relation: str, k: int = 10, tail: str = "") -> list[dict]:
         """Top-k tails for (head, relation), or given ``tail`` instead of ``head`` top-k heads for (relation, tail),

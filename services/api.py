@@ -369,7 +369,7 @@ def _run_one(client: CoordinatorClient, job_file: JobFile, strategy: str | None,
         bar.update(event.round - bar.n)
         if event.kind == "evaluating":
             bar.set_description(f"{job_file.strategy} (evaluating)")
-        elif event.kind == "ranking":  # how far a long ranking is, and its ETA
+        elif event.kind in ("working", "ranking"):  # how far a long round or ranking is, and its ETA
             bar.set_description(f"{job_file.strategy} ({event.message})")
         elif event.kind == "round":
             bar.set_description(job_file.strategy)

@@ -73,17 +73,21 @@ def test_mtl_kgc_reranks_and_teaches_rotate_through_pull(stub, umls_halves, tiny
     assert evaluated.ranking == "rerank@8(rotate)"
 
 
-def test_a_ranking_under_way_reports_how_far_it_is_and_its_eta(stub, umls_halves, tiny_encoder, monkeypatch):
+def test_a_round_and_a_ranking_under_way_report_how_far_they_are_and_their_eta(stub, umls_halves, tiny_encoder, monkeypatch):
     from kdmkb.coordinator import jobs
 
-    monkeypatch.setattr(jobs, "RANKING_POLL_SECONDS", 0.05)  # the coordinator runs in this process
+    monkeypatch.setattr(jobs, "WORK_POLL_SECONDS", 0.05)  # the coordinator runs in this process
     name = "lmke-ranking"  # a bi-encoder: a ranking of seconds, not a cross-encoder's minute, still many polls long
     _register(stub, umls_halves, name, "text", "lmke", {**TEXT, "encoder": tiny_encoder, "eval_batch_size": 16})
-    job = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=[name], settings=to_struct({"rounds": 1, "steps_per_round": 1, "checkpoint_every": 0})), timeout=TIMEOUT).job
+    job = stub.CreateJob(pb.CreateJobRequest(strategy="none", kbs=[name], settings=to_struct({"rounds": 1, "steps_per_round": 24, "checkpoint_every": 0})), timeout=TIMEOUT).job
     stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
     events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
     assert events[-1].state == pb.JOB_STATE_SUCCEEDED, events[-1].message
-    ranking = [event.message for event in events if event.kind == "ranking"]
-    assert ranking and all(re.fullmatch(rf"ranking test: {name} [\d,]+/[\d,]+ triples, ETA (\d+ s|\d+ min|\d+ h \d\d min|\?)", text) for text in ranking), ranking
-    done = [int(re.search(r" ([\d,]+)/", text).group(1).replace(",", "")) for text in ranking]
-    assert done == sorted(done) and any("ETA ?" not in text for text in ranking)
+    eta = r"ETA (\d+ s|\d+ min|\d+ h \d\d min|\?)"
+    for kind, pattern in (("working", rf"round 1/1: {name} training ([\d,]+)/24 steps, {eta}"), ("ranking", rf"{name} ranking test ([\d,]+)/[\d,]+ triples, {eta}")):
+        said = [event.message for event in events if event.kind == kind]
+        assert said and all(re.fullmatch(pattern, text) for text in said), (kind, [text for text in said if not re.fullmatch(pattern, text)])
+        done = [int(re.fullmatch(pattern, text).group(1).replace(",", "")) for text in said]
+        assert done == sorted(done) and any("ETA ?" not in text for text in said), (kind, said)
+    kinds = [event.kind for event in events]
+    assert kinds.index("working") < kinds.index("round") < kinds.index("ranking")

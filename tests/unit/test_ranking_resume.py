@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdmkb.coordinator.jobs import format_seconds, ranking_text
 from kdmkb.kb_worker import checkpoints
 from kdmkb.kb_worker.ranking import KnownAnswers, PartialRanking, evaluate_ranking
 from kdmkb.kb_worker.worker import KBWorker
@@ -158,30 +157,20 @@ def test_a_worker_says_how_far_its_ranking_is_while_it_runs(worker, tmp_path, mo
     score = type(worker.model).score.__get__(worker.model)
 
     def watched(*args, **kwargs):
-        seen.append(dict(worker.ranking_status))
+        seen.append(worker.work_progress())
         return score(*args, **kwargs)
 
     monkeypatch.setattr(worker.model, "score", watched)
     worker.evaluate("test")
     assert [status["done"] for status in seen[::2]] == list(range(0, total, size))  # each batch's tail query sees the batches before it
-    assert {(status["split"], status["total"], status["taken_up"]) for status in seen} == {("test", total, 0)}
-    assert worker.ranking_status is None
+    assert {(status["work"], status["total"], status["unit"], status["taken_up"]) for status in seen} == {("ranking test", total, "triples", 0)}
+    assert worker.work_progress() is None
 
     seen.clear()
     score_calls(worker, monkeypatch, fail_after=2 * 2)
     with pytest.raises(Interrupted):
         worker.evaluate("test", directory=tmp_path)
-    assert worker.ranking_status is None
+    assert worker.work_progress() is None
     monkeypatch.setattr(worker.model, "score", watched)
     worker.evaluate("test", directory=tmp_path)
     assert seen[0]["done"] == seen[0]["taken_up"] == 2 * size  # taken up: the pace of this sitting starts here
-
-
-def test_ranking_text_gives_each_kb_its_progress_and_the_eta_of_this_sittings_pace():
-    statuses = {
-        "a": {"split": "test", "total": 661, "done": 192, "taken_up": 64, "seconds": 300.0},  # 128 in 300 s: 469 left in 1,099 s
-        "b": None,
-        "c": {"split": "test", "total": 20_466, "done": 0, "taken_up": 0, "seconds": 2.0},
-    }
-    assert ranking_text(statuses) == "ranking test: a 192/661 triples, ETA 18 min; b done; c 0/20,466 triples, ETA ?"
-    assert [format_seconds(s) for s in (4.4, 59.4, 90, 3599, 3600, 7500)] == ["4 s", "59 s", "2 min", "1 h 00 min", "1 h 00 min", "2 h 05 min"]
