@@ -358,21 +358,13 @@ def _run_one(client: CoordinatorClient, job_file: JobFile, strategy: str | None,
         job_file = job_file.model_copy(update={"strategy": strategy, "strategy_settings": {}})
     job = client.submit(job_file, None, resume)
     recorder = HistoryRecorder()
-    bar = tqdm(total=job.total_rounds, initial=job.round, desc=job_file.strategy, unit="round", dynamic_ncols=True, disable=not progress)
+    bar = RoundsBar(job_file.strategy, job.total_rounds, job.round, progress)
     if job.round and progress:
-        bar.write(f"resuming job {job.job_id} ({state_name(job.state)}, round {job.round}/{job.total_rounds}) from its last checkpoint", file=sys.stderr)
+        tqdm.write(f"resuming job {job.job_id} ({state_name(job.state)}, round {job.round}/{job.total_rounds}) from its last checkpoint", file=sys.stderr)
 
     def on_event(event) -> None:
         recorder.observe(event)
-        if event.progress:
-            bar.set_postfix({kb: progress_text(p) for kb, p in sorted(event.progress.items())}, refresh=False)
-        bar.update(event.round - bar.n)
-        if event.kind == "evaluating":
-            bar.set_description(f"{job_file.strategy} (evaluating)")
-        elif event.kind in ("working", "ranking"):  # how far a long round or ranking is, and its ETA
-            bar.set_description(f"{job_file.strategy} ({event.message})")
-        elif event.kind == "round":
-            bar.set_description(job_file.strategy)
+        bar.observe(event)
 
     try:
         job = client.run(job.job_id, on_event)
@@ -389,6 +381,29 @@ def _run_one(client: CoordinatorClient, job_file: JobFile, strategy: str | None,
     kept = tempfile.TemporaryDirectory(prefix="kdmkb-result-") if state is not None else None
     checkpoints = _copy_checkpoints(state, job.job_id, job.round, job_file, Path(kept.name)) if kept else {}
     return Result(job_file, report, recorder.rounds, embeddings, checkpoints, baseline, remote=remote, keep=[kept] if kept else [])
+
+
+class RoundsBar:
+    """A job's progress bar: rounds done (its rate and ETA per round), each KB's loss and training rate, and what a long round or ranking is doing."""
+
+    def __init__(self, strategy: str, total: int, initial: int, enabled: bool = True, file=None) -> None:
+        self.strategy = strategy
+        self.bar = tqdm(total=total, initial=initial, desc=strategy, unit="round", dynamic_ncols=True, disable=not enabled, file=file)
+
+    def observe(self, event) -> None:
+        if event.progress:
+            self.bar.set_postfix({kb: progress_text(p) for kb, p in sorted(event.progress.items())}, refresh=False)
+        if event.round > self.bar.n:  # rounds only: an update of 0 would count in tqdm's rate as an iteration that did nothing
+            self.bar.update(event.round - self.bar.n)
+        if event.kind == "evaluating":
+            self.bar.set_description(f"{self.strategy} (evaluating)")
+        elif event.kind in ("working", "ranking"):  # how far a long round or ranking is, and its ETA
+            self.bar.set_description(f"{self.strategy} ({event.message})")
+        elif event.kind == "round":
+            self.bar.set_description(self.strategy)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def progress_text(progress) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from kdmkb.coordinator.jobs import format_seconds, work_text
@@ -75,3 +77,24 @@ def test_work_text_gives_each_kb_its_work_and_the_eta_of_this_sittings_pace():
     }
     assert work_text(round_, "waiting") == "text training 13/65 steps, ETA 9 min; struct teaching text, 4 min; other waiting"
     assert [format_seconds(s) for s in (4.4, 59.4, 90, 3599, 3600, 7500)] == ["4 s", "59 s", "2 min", "1 h 00 min", "1 h 00 min", "2 h 05 min"]
+
+
+def test_the_rounds_bar_times_rounds_only_and_shows_the_round_under_way():
+    """Work events come every 10 s within a round: they change the bar's words, not its count, rate or ETA."""
+    from types import SimpleNamespace
+
+    from kdmkb.services.api import RoundsBar
+
+    clock = [0.0]
+    rounds = RoundsBar("none", 20, 0, file=io.StringIO())
+    rounds.bar._time = lambda: clock[0]
+    rounds.bar.start_t = rounds.bar.last_print_t = 0.0
+    for round_ in range(3):
+        for step in range(10):
+            clock[0] += 10
+            rounds.observe(SimpleNamespace(kind="working", round=round_, progress={}, message=f"round {round_ + 1}/20: kb training {step}/10 steps, ETA ?"))
+        assert rounds.bar.desc.removesuffix(": ") == f"none (round {round_ + 1}/20: kb training 9/10 steps, ETA ?)"
+        rounds.observe(SimpleNamespace(kind="round", round=round_ + 1, progress={}, message=""))
+        assert rounds.bar.desc.removesuffix(": ") == "none"
+    assert rounds.bar.n == 3 and rounds.bar.format_dict["rate"] == pytest.approx(1 / 100)  # a round each 100 s
+    rounds.close()
