@@ -479,10 +479,17 @@ class Coordinator:
         except ray.exceptions.RayError as error:
             raise unwrap(error) from None
 
-    def shutdown(self) -> None:
-        """Interrupts running jobs (they stay RUNNING in the store, so the next coordinator resumes them) and ends the workers."""
+    def interrupt_jobs(self) -> None:
+        """Running jobs start no further round: they stay RUNNING in the store, so the next coordinator resumes them.
+
+        Called before the server's grace period too, so a job does not run on to its end while the server stops.
+        """
         for runner in list(self._runners.values()):
             runner.interrupted.set()
+
+    def shutdown(self) -> None:
+        """Interrupts running jobs (:meth:`interrupt_jobs`), waits for their rounds in flight and ends the workers."""
+        self.interrupt_jobs()
         for runner in list(self._runners.values()):
             runner.join(timeout=60)
         with self._lock:

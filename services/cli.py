@@ -370,6 +370,7 @@ def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
     done.wait()
+    coordinator.interrupt_jobs()
     server.stop(grace=5).wait()
     coordinator.shutdown()
 

@@ -178,6 +178,7 @@ def embedded_coordinator(data_dir: str | None = None, ray_address: str | None = 
     try:
         yield client
     finally:
+        coordinator.interrupt_jobs()
         client.close()
         server.stop(grace=1).wait()
         coordinator.shutdown()

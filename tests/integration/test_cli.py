@@ -208,10 +208,14 @@ def _checkpointed_rounds(data_dir: Path) -> int:
 
 @pytest.mark.slow  # two processes, each starting Ray: about 40 s
 def test_run_with_a_data_dir_resumes_after_ctrl_c(tmp_path, worker_settings):
-    """A long run over two sittings: Ctrl-C after some checkpoints, the same command again finishes the same job."""
+    """A long run over two sittings: Ctrl-C after some checkpoints, the same command again finishes the same job.
+
+    Rounds of 30 steps, so that the rounds between the test seeing the second checkpoint and the
+    signal landing (the test polls every 0.2 s; a loaded CI machine wakes it later) cannot end the job.
+    """
     summary = split_dataset(NATIONS, tmp_path / "kbs", kbs=2, seed=1)
-    rounds = 8
-    job = write_job_file(summary, worker_settings=worker_settings, job={"rounds": rounds, "steps_per_round": 3, "checkpoint_every": 1, "eval_every": 0, "top_k": 4})
+    rounds = 12
+    job = write_job_file(summary, worker_settings=worker_settings, job={"rounds": rounds, "steps_per_round": 30, "checkpoint_every": 1, "eval_every": 0, "top_k": 4})
     data, report = tmp_path / "state", tmp_path / "report.json"
     command = [str(Path(sys.executable).with_name("kdmkb")), "run", str(job), "--data-dir", str(data), "--report", str(report)]
     env = {**os.environ, "NO_COLOR": "1"}
