@@ -123,6 +123,11 @@ class TaskSchedule:
         return self.tasks[index]
 
 
+def _generator_of_its_own() -> torch.Generator:
+    """A generator seeded from torch's: what it draws (a step's task, the retriever's passes) must not shift the negatives' draws."""
+    return torch.Generator().manual_seed(int(torch.randint(1 << 62, ())))
+
+
 @WORKER_TYPES.register("mtl-kgc")
 class MTLKGCWorker(WorkerType):
     """MTL-KGC (see the module docstring); no embeddings, exact ranking unless ``rerank_k`` names a retriever's shortlist."""
@@ -172,28 +177,22 @@ class MTLKGCWorker(WorkerType):
 
         train = torch.from_numpy(kb.train)
         self._train_keys = torch.sort(self._triple_keys(train)).values
-        # A generator of its own, seeded from torch's: the task of a step must not depend on how
-        # often the step asks for it (train_scores and train_loss), nor shift the negatives' draws.
-        generator = torch.Generator().manual_seed(int(torch.randint(1 << 62, ())))
         # A step's batch of positives serves the drawn task (LP and RR add its negatives), so each
         # task has the KB's number of batches per pass.
         steps_per_pass = max(1, math.ceil(len(kb.train) / settings.batch_size))
-        self.schedule = TaskSchedule({task: steps_per_pass for task in settings.tasks}, generator)
-        self._step_task: tuple[int, str] = (-1, "")
+        self.schedule = TaskSchedule({task: steps_per_pass for task in settings.tasks}, _generator_of_its_own())
+        self._drawn: dict[str, tuple[int, object]] = {"task": (-1, "")}  # what this step drew, by name: see _once_per_step
         if self.retriever is not None:
             # A cross-encoder step sees a few triples; the retriever, a cheap model, needs its own
-            # batch size (and so its own passes over train) to learn as much in as many steps,
-            # drawn from a generator of its own for the task draw's reason.
+            # batch size (and so its own passes over train) to learn as much in as many steps.
             self._train = train
-            passes = torch.Generator().manual_seed(int(torch.randint(1 << 62, ())))
-            self._retriever_passes = ShuffledPasses(len(train), self.retriever.settings.batch_size, passes)
-            self._retriever_batch: tuple[int, torch.Tensor | None] = (-1, None)
+            self._retriever_passes = ShuffledPasses(len(train), self.retriever.settings.batch_size, _generator_of_its_own())
 
     def modules(self) -> nn.Module:
         return self.network
 
     def training_state(self) -> dict:
-        state = {"left": self.schedule.left, "generator": self.schedule.generator.get_state(), "step_task": list(self._step_task)}
+        state = {"left": self.schedule.left, "generator": self.schedule.generator.get_state(), "step_task": list(self._drawn["task"])}
         if self.retriever is not None:
             state["retriever"] = {"passes": self._retriever_passes.state(), "own": self.retriever.training_state()}
         return state
@@ -201,7 +200,7 @@ class MTLKGCWorker(WorkerType):
     def load_training_state(self, state: dict) -> None:
         self.schedule.left = state["left"].clone()
         self.schedule.generator.set_state(state["generator"])
-        self._step_task = (int(state["step_task"][0]), str(state["step_task"][1]))
+        self._drawn["task"] = (int(state["step_task"][0]), str(state["step_task"][1]))
         if self.retriever is not None:
             self._retriever_passes.restore(state["retriever"]["passes"])
             self.retriever.load_training_state(state["retriever"]["own"])
@@ -318,17 +317,21 @@ class MTLKGCWorker(WorkerType):
         fake[..., 2] = torch.where(corrupt_tail, entities, fake[..., 2])
         return fake, ~contains_sorted(self._train_keys, self._triple_keys(fake))
 
+    def _once_per_step(self, name: str, draw):
+        """``draw()`` once per optimiser step (``updates``), however often the step asks (train_scores and train_loss both do)."""
+        step, value = self._drawn.get(name, (-1, None))
+        if step != self.updates:
+            value = draw()
+            self._drawn[name] = (self.updates, value)
+        return value
+
     def task(self) -> str:
-        """This optimiser step's task: drawn once per step (``updates``), however often the step asks."""
-        if self._step_task[0] != self.updates:
-            self._step_task = (self.updates, self.schedule.draw())
-        return self._step_task[1]
+        """This optimiser step's task."""
+        return self._once_per_step("task", self.schedule.draw)
 
     def retriever_batch(self) -> torch.Tensor:
-        """This optimiser step's batch for the retriever (its own batch_size): drawn once per step, however often the step asks."""
-        if self._retriever_batch[0] != self.updates:
-            self._retriever_batch = (self.updates, self._train[self._retriever_passes.next()])
-        return self._retriever_batch[1]
+        """This optimiser step's batch for the retriever (its own batch_size)."""
+        return self._once_per_step("retriever_batch", lambda: self._train[self._retriever_passes.next()])
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
         """The drawn task's loss on ``batch`` (plus the retriever's own loss on its own batch, when there is one)."""
