@@ -280,8 +280,12 @@ class JobRunner(threading.Thread):
             pushed[teacher] = refs[0]
             for student, ref in zip(students, refs[1:]):
                 inbound[student].append(ref)
-        for edge in (e for e in edges if e.mode == "pull"):
-            asked, queries = self.workers[edge.student].ask.options(num_returns=2).remote(round_, steps, edge.teacher, edge.candidates)
+        # Every ask before any answer: Ray sends one caller's calls to an actor in order, and an answer
+        # waits for its student's ask; an answer sent ahead of its own KB's ask would hold that ask
+        # (and every poll of work_progress behind it) until the answer is done.
+        pull_edges = [e for e in edges if e.mode == "pull"]
+        asks = [self.workers[edge.student].ask.options(num_returns=2).remote(round_, steps, edge.teacher, edge.candidates) for edge in pull_edges]
+        for edge, (asked, queries) in zip(pull_edges, asks):
             answered, labels = self.workers[edge.teacher].answer.options(num_returns=2).remote(queries)
             pulled.append((edge, asked, answered))
             inbound[edge.student].append(labels)

@@ -91,3 +91,26 @@ def test_a_round_and_a_ranking_under_way_report_how_far_they_are_and_their_eta(s
         assert done == sorted(done) and any("ETA ?" not in text for text in said), (kind, said)
     kinds = [event.kind for event in events]
     assert kinds.index("working") < kinds.index("round") < kinds.index("ranking")
+
+
+def test_a_pull_round_reports_each_kbs_answering_while_it_answers(stub, umls_halves, tiny_encoder, monkeypatch):
+    """The poll of every KB's work must not queue behind an answer that waits for another KB's ask: asks go first."""
+    from kdmkb.coordinator import jobs
+
+    monkeypatch.setattr(jobs, "WORK_POLL_SECONDS", 0.05)  # the coordinator runs in this process
+    text, struct = "lmke-answering", "transe-asking"
+    _register(stub, umls_halves, text, "text", "lmke", {**TEXT, "encoder": tiny_encoder, "eval_batch_size": 16})
+    _register(stub, umls_halves, struct, "struct", "transe", STRUCTURAL)
+    for a, b in ((text, struct),):
+        stub.RegisterAlignment(
+            pb.RegisterAlignmentRequest(kb_a=a, kb_b=b, entities_path=str(umls_halves / "alignments" / "text__struct.entities.tsv"), relations_path=str(umls_halves / "alignments" / "text__struct.relations.tsv")),
+            timeout=TIMEOUT,
+        )
+    settings = {"rounds": 1, "steps_per_round": 16, "top_k": 4, "checkpoint_every": 0, "relation_weight": 0.0}
+    job = stub.CreateJob(pb.CreateJobRequest(strategy="cooperative", kbs=[text, struct], settings=to_struct(settings), strategy_settings=to_struct({"exchange": "pull"})), timeout=TIMEOUT).job
+    stub.StartJob(pb.StartJobRequest(job_id=job.job_id), timeout=TIMEOUT)
+    events = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=TIMEOUT))
+    assert events[-1].state == pb.JOB_STATE_SUCCEEDED, events[-1].message
+    said = [event.message for event in events if event.kind == "working"]
+    answering = [message for message in said if f"{text} answering" in message]
+    assert len(answering) >= 2, said  # each poll of the answer's second or so; one (before the answer started) when the poll queued behind it
