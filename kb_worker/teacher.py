@@ -77,8 +77,11 @@ class Teacher(Side):
             blocks.extend(self._blocks(kind, steps[selected].numpy(), queries, candidates))
         return blocks
 
-    def _blocks(self, kind: QueryKind, steps: np.ndarray, queries: torch.Tensor, candidates: torch.Tensor, tail_pool: torch.Tensor | None = None) -> list[exchange.SoftLabelBlock]:
-        scores = self._logits(kind, queries, candidates, tail_pool)
+    def _blocks(
+        self, kind: QueryKind, steps: np.ndarray, queries: torch.Tensor, candidates: torch.Tensor, tail_pool: torch.Tensor | None = None, scores: np.ndarray | None = None
+    ) -> list[exchange.SoftLabelBlock]:
+        """One block per step of ``steps``; ``scores`` when the caller has them, else the model's logits."""
+        scores = self._logits(kind, queries, candidates, tail_pool) if scores is None else scores
         query_ids = self.alignment.aligned_queries(kind, queries)
         candidate_ids = self.alignment.aligned_candidates(kind, candidates)
         return [
@@ -129,20 +132,35 @@ class Teacher(Side):
         if pools is None:
             raise DataError(f"KB {self.name!r} shares nothing with {asked.student!r}, which asked it for soft labels")
         blocks = []
+        searched: dict[QueryKind, list[tuple[int, torch.Tensor]]] = {}  # the teacher picks the candidates: one pass per distinct query
         for block in asked.blocks:
             kind = block.kind
             queries = self.alignment.local_queries(kind, block.queries, asked.student)
-            pool = pools.pool(kind)
-            tail_pool = None
-            if asked.rule in (exchange.LISTED, exchange.LISTED_WITH_TAIL):
-                candidates = self.alignment.local_candidates(kind, block.candidates, asked.student)
-                tail_pool = pool if asked.rule == exchange.LISTED_WITH_TAIL and kind != QueryKind.RELATION else None
-            elif asked.rule == exchange.ALL_ALIGNED or kind == QueryKind.RELATION:
-                candidates = pool.expand(queries.shape[0], -1)
-            else:
-                k = min(asked.top_k, pool.numel())
-                candidates = pools.with_random(kind, self.model.top_candidates(kind, queries, pool, k), k)
+            if asked.rule not in (exchange.LISTED, exchange.LISTED_WITH_TAIL):
+                if not pools.shares(kind, queries):
+                    raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
+                searched.setdefault(kind, []).append((block.step, queries))
+                continue
+            candidates = self.alignment.local_candidates(kind, block.candidates, asked.student)
+            tail_pool = pools.pool(kind) if asked.rule == exchange.LISTED_WITH_TAIL and kind != QueryKind.RELATION else None
             if not pools.shares(kind, queries, candidates):
                 raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
             blocks.extend(self._blocks(kind, np.full(queries.shape[0], block.step), queries, candidates, tail_pool))
+        for kind, parts in searched.items():
+            blocks.extend(self._searched_blocks(kind, parts, pools, asked.rule, asked.top_k))
         return asked.student, exchange.encode_messages(exchange.SoftLabels(asked.job_id, asked.round, self.name, asked.student, tuple(blocks)), self.max_label_bytes)
+
+    def _searched_blocks(self, kind: QueryKind, parts: list[tuple[int, torch.Tensor]], pools: PeerPools, rule: int, top_k: int) -> list[exchange.SoftLabelBlock]:
+        """Labels over candidates the teacher picks (its top-k plus as many random, or the whole pool), for the ``(step, queries)``
+        of a student's message: each distinct query searched and scored once, and its row repeated wherever it was asked
+        (a text teacher encodes a query per pass; a round asks the same query in several steps)."""
+        steps = np.concatenate([np.full(queries.shape[0], step) for step, queries in parts])
+        distinct, inverse = torch.unique(torch.cat([queries for _, queries in parts]), dim=0, return_inverse=True)
+        pool = pools.pool(kind)
+        if rule == exchange.ALL_ALIGNED or kind == QueryKind.RELATION:  # one shared list, kept as one row (stride 0)
+            candidates, asked_rows = pool.expand(distinct.shape[0], -1), pool.expand(inverse.numel(), -1)
+        else:
+            k = min(top_k, pool.numel())
+            candidates = pools.with_random(kind, self.model.top_candidates(kind, distinct, pool, k), k)
+            asked_rows = candidates[inverse]
+        return self._blocks(kind, steps, distinct[inverse], asked_rows, scores=self._logits(kind, distinct, candidates)[inverse.numpy()])
