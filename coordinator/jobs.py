@@ -179,6 +179,8 @@ class JobRunner(threading.Thread):
                 try:
                     self._advance(round_, settings, strategy)
                 except WORKER_ENDED:
+                    if self.interrupted.is_set():
+                        return  # the shutdown ended the workers of the round in flight: the job stays RUNNING, resumable
                     restarts += 1
                     self._restart_workers(round_, restarts, settings, strategy, initial)
             if job.round > job.checkpoint_round:
@@ -188,6 +190,8 @@ class JobRunner(threading.Thread):
             job.state = "SUCCEEDED"
             self._emit("finished")
         except Exception as error:  # noqa: BLE001 - the job fails, the coordinator lives on
+            if self.interrupted.is_set() and isinstance(unwrap(error), WORKER_ENDED):
+                return  # as above, outside a round (a checkpoint, the evaluation)
             cause = unwrap(error)
             log.exception("job %s failed", job.job_id)
             job.state = "FAILED"

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("valid", "test")
 HEALTH_SECONDS = 5.0  # a worker that does not answer its health check in this time counts as unhealthy
+SHUTDOWN_WAIT_SECONDS = 60.0  # how long a shutdown waits for each job's round in flight before ending its workers
 
 
 @dataclass
@@ -488,10 +489,13 @@ class Coordinator:
             runner.interrupted.set()
 
     def shutdown(self) -> None:
-        """Interrupts running jobs (:meth:`interrupt_jobs`), waits for their rounds in flight and ends the workers."""
+        """Interrupts running jobs (:meth:`interrupt_jobs`), waits for their rounds in flight (``SHUTDOWN_WAIT_SECONDS``) and ends the workers.
+
+        A round still in flight then is lost, not its job: it stays RUNNING and resumes from its last checkpoint.
+        """
         self.interrupt_jobs()
         for runner in list(self._runners.values()):
-            runner.join(timeout=60)
+            runner.join(timeout=SHUTDOWN_WAIT_SECONDS)
         with self._lock:
             for kb in self._kbs.values():
                 ray.kill(kb.handle)

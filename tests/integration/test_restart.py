@@ -231,3 +231,26 @@ def test_a_checkpoint_of_another_kb_is_refused(trained_worker, tmp_path, nations
     with pytest.raises(DataError, match=f"checkpoint is of KB '{trained_worker.name}', not of KB '{kb_names[1]}'"):
         other.load(tmp_path / "ck", 1)
     np.testing.assert_array_equal(_weights(other)["entity"], before["entity"])
+
+
+def test_a_shutdown_that_ends_a_round_in_flight_leaves_its_job_resumable(ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings, monkeypatch):
+    """Ctrl-C in a round longer than the shutdown's wait: the workers end under the round, and the job must not fail for it."""
+    from kdmkb.coordinator import service
+
+    monkeypatch.setattr(service, "SHUTDOWN_WAIT_SECONDS", 0.2)
+    data = tmp_path / "state"
+    coordinator = Coordinator(data)
+    try:
+        _register(coordinator, nations_split, kb_names, alignment_files, worker_settings)
+        job = coordinator.create_job("cooperative", list(kb_names), {**job_settings, "rounds": 2, "steps_per_round": 5000, "eval_every": 0, "checkpoint_every": 1})
+        coordinator.start_job(job.job_id)
+        events = coordinator.watch_job(job.job_id, poll_seconds=0.05)
+        try:
+            assert next(event for event in events if event.kind == "started")
+        finally:
+            events.close()
+    finally:
+        coordinator.shutdown()
+    coordinator._runners[job.job_id].join(TIMEOUT)
+    record = _record(data, job.job_id)
+    assert (record["state"], record["error"], record["round"]) == ("RUNNING", "", 0)
