@@ -77,6 +77,7 @@ ROWS = {
     "wn18rr-lmke-no-bank": _row("lmke", {**LMKE, "max_length": 32, "memory_bank": 0}, 20, 100, "2,000 steps of 16, no memory bank", WN18RR),
     "wn18rr-lmke-cosine-no-bank": _row("lmke", {**LMKE, "max_length": 32, "memory_bank": 0, "matcher": "cosine"}, 20, 100, "2,000 steps of 16, no memory bank", WN18RR),
     "wn18rr-lmke-no-degrees-no-bank": _row("lmke", {**LMKE, "max_length": 32, "memory_bank": 0, "degrees": False}, 20, 100, "2,000 steps of 16, no memory bank", WN18RR),
+    "wn18rr-lmke-self-negatives": _row("lmke", {**LMKE, "max_length": 32, "memory_bank": 0, "self_negatives": True}, 20, 100, "2,000 steps of 16, no memory bank, self-negatives", WN18RR),
     # The retriever learns alongside, one batch of its own (2,048) per step: 2,000 steps of 2,048 (47 epochs).
     "wn18rr-mtl-kgc-rerank": _row(
         "mtl-kgc",

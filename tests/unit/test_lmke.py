@@ -229,6 +229,26 @@ def test_in_batch_keys_that_are_train_answers_are_positives(make_kb, tiny_encode
     assert math.isfinite(loss.item())
 
 
+def test_self_negatives_add_the_batchs_given_entities_as_candidates(make_kb, tiny_encoder):
+    """SimKGC's self-negatives: a query's own entity (and the batch's other given ones) among its candidates, a negative unless a train answer."""
+    batch = torch.tensor([[0, 0, 1], [1, 1, 3]])
+    worker = build(text_kb(make_kb), tiny_encoder, self_negatives=True)
+    (tails, heads), _ = worker.contrastive_logits(batch)
+    assert tails[2].tolist() == [1, 3, 0]  # the targets, then the givens 0 and 1 (1 is already a target)
+    assert tails[1].tolist() == [[True, False, False], [False, True, False]]  # (0, r0) has the answers 1 and 2; its own 0 is a negative
+    assert heads[2].tolist() == [0, 1, 3] and heads[1].tolist() == [[True, False, True], [False, True, False]]  # (3, r0, 1) is a train triple
+    assert tails[0].shape == (2, 3) and heads[0].shape == (2, 3)
+    (plain_tails, _), _ = build(text_kb(make_kb), tiny_encoder).contrastive_logits(batch)
+    assert plain_tails[2].tolist() == [1, 3]  # off by default (the paper's in-batch targets only)
+    # a self-loop in train makes the own entity a positive
+    looped = build(text_kb(make_kb, train=[*TRAIN, [0, 0, 0]]), tiny_encoder, self_negatives=True)
+    (tails, _), _ = looped.contrastive_logits(torch.tensor([[0, 0, 1]]))
+    assert tails[2].tolist() == [1, 0] and tails[1].tolist() == [[True, True]]
+    loss = worker.train_loss(batch)
+    loss.backward()
+    assert math.isfinite(loss.item()) and worker.model.entity.weight.grad[0].abs().sum() > 0
+
+
 def test_the_loss_weights_negatives_by_a_detached_softmax_of_their_probabilities():
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
     positive = torch.tensor([[True, False, False, True], [True, True, True, True]])
