@@ -136,15 +136,14 @@ class Teacher(Side):
         for block in asked.blocks:
             kind = block.kind
             queries = self.alignment.local_queries(kind, block.queries, asked.student)
-            if asked.rule not in (exchange.LISTED, exchange.LISTED_WITH_TAIL):
-                if not pools.shares(kind, queries):
-                    raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
-                searched.setdefault(kind, []).append((block.step, queries))
-                continue
-            candidates = self.alignment.local_candidates(kind, block.candidates, asked.student)
-            tail_pool = pools.pool(kind) if asked.rule == exchange.LISTED_WITH_TAIL and kind != QueryKind.RELATION else None
+            listed = asked.rule in (exchange.LISTED, exchange.LISTED_WITH_TAIL)
+            candidates = self.alignment.local_candidates(kind, block.candidates, asked.student) if listed else None
             if not pools.shares(kind, queries, candidates):
                 raise DataError(f"queries from {asked.student!r} name ids that KB {self.name!r} does not share with it")
+            if not listed:
+                searched.setdefault(kind, []).append((block.step, queries))
+                continue
+            tail_pool = pools.pool(kind) if asked.rule == exchange.LISTED_WITH_TAIL and kind != QueryKind.RELATION else None
             blocks.extend(self._blocks(kind, np.full(queries.shape[0], block.step), queries, candidates, tail_pool))
         for kind, parts in searched.items():
             blocks.extend(self._searched_blocks(kind, parts, pools, asked.rule, asked.top_k))
@@ -155,7 +154,8 @@ class Teacher(Side):
         of a student's message: each distinct query searched and scored once, and its row repeated wherever it was asked
         (a text teacher encodes a query per pass; a round asks the same query in several steps)."""
         steps = np.concatenate([np.full(queries.shape[0], step) for step, queries in parts])
-        distinct, inverse = torch.unique(torch.cat([queries for _, queries in parts]), dim=0, return_inverse=True)
+        queries = torch.cat([queries for _, queries in parts])
+        distinct, inverse = torch.unique(queries, dim=0, return_inverse=True)
         pool = pools.pool(kind)
         if rule == exchange.ALL_ALIGNED or kind == QueryKind.RELATION:  # one shared list, kept as one row (stride 0)
             candidates, asked_rows = pool.expand(distinct.shape[0], -1), pool.expand(inverse.numel(), -1)
@@ -163,4 +163,4 @@ class Teacher(Side):
             k = min(top_k, pool.numel())
             candidates = pools.with_random(kind, self.model.top_candidates(kind, distinct, pool, k), k)
             asked_rows = candidates[inverse]
-        return self._blocks(kind, steps, distinct[inverse], asked_rows, scores=self._logits(kind, distinct, candidates)[inverse.numpy()])
+        return self._blocks(kind, steps, queries, asked_rows, scores=self._logits(kind, distinct, candidates)[inverse.numpy()])
