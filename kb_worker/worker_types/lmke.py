@@ -23,6 +23,8 @@ Training: in-batch negatives. Each of a batch's tail (head) queries is matched w
 batch's tails (heads), and of the last ``memory_bank`` steps' entities (detached); every candidate
 that is a train answer of the query is a positive. The loss is the paper's BCE with positives
 averaged and negatives weighted by a detached softmax of their probabilities (:func:`contrastive_bce`).
+A student's step encodes each distinct query and key once for its own loss and the KD scores it is asked
+for (:meth:`LMKEWorker.train_scores`).
 
 Search: the key matrix of every entity is encoded once per model version (``updates``) outside
 training. ``top_candidates`` shortlists ``shortlist_factor * k`` entities with faiss by the linear
@@ -189,6 +191,18 @@ class LMKEModel(nn.Module):
         self.register_buffer("log_degree", log_degree, persistent=False)
 
 
+class StepEncodings(NamedTuple):
+    """A training step's encodings: each distinct query and each distinct key it needs, encoded once."""
+
+    queries: torch.Tensor  # [q, d]: the batch's tail queries, its head queries, then each entity request's, in order
+    given: torch.Tensor  # [q]: each query's given entity
+    entities: torch.Tensor  # sorted distinct entity ids whose keys were encoded
+    keys: torch.Tensor  # [len(entities), d]
+
+    def keys_of(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.keys[torch.searchsorted(self.entities, ids.contiguous())]
+
+
 class Sequence(NamedTuple):
     """Token ids of one sequence, the positions its learned tokens overwrite, and the position read out."""
 
@@ -341,19 +355,18 @@ class LMKEWorker(WorkerType):
         given, relation_tokens = reciprocal_tail_query(kind, queries, self.num_relations)
         return self._queries(given, relation_tokens), given
 
-    def _entity_logits(self, vectors: torch.Tensor, given: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+    def _entity_logits(self, vectors: torch.Tensor, given: torch.Tensor, candidates: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+        """Logits ``[q, c]`` of query vectors given ``keys``: every entity's ``[n, d]`` (candidates ``None``) or the candidates' ``[q, c, d]``."""
         log_degree = self.model.log_degree
-        if candidates is None:
-            keys, key_degree = self._all_keys()[None], log_degree[None]
-        else:
-            keys, key_degree = self._keys_of(candidates), log_degree[candidates]
+        keys, key_degree = (keys[None], log_degree[None]) if candidates is None else (keys, log_degree[candidates])
         return self._pair_logits(vectors[:, None], log_degree[given][:, None], keys, key_degree)
 
     def score(self, kind: QueryKind, queries: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         queries = queries.to(self.device)
         candidates = None if candidates is None else candidates.to(self.device)
         if kind != QueryKind.RELATION:
-            return self._entity_logits(*self._entity_queries(kind, queries), candidates)
+            keys = self._all_keys() if candidates is None else self._keys_of(candidates)
+            return self._entity_logits(*self._entity_queries(kind, queries), candidates, keys)
         if candidates is None:
             candidates = torch.arange(self.num_relations, device=self.device).expand(queries.shape[0], -1)
         heads, tails = queries.unbind(dim=1)
@@ -372,7 +385,8 @@ class LMKEWorker(WorkerType):
             keys = torch.cat([self._all_keys(), self.model.log_degree[:, None]], dim=1)
             size = min(pool.numel(), settings.shortlist_factor * k)
             shortlist = self._index.search(keys, pool, self.model.matcher.retrieval_keys, self.model.matcher.retrieval_queries(vectors), size, version=self.updates)
-            best = self._entity_logits(vectors, given, shortlist.to(self.device)).topk(k, dim=1).indices
+            listed = shortlist.to(self.device)
+            best = self._entity_logits(vectors, given, listed, self._keys_of(listed)).topk(k, dim=1).indices
             return shortlist.gather(1, best.to(shortlist.device))  # ids on the pool's device, as the caller holds them
 
     # -- training ------------------------------------------------------------------------
@@ -386,7 +400,23 @@ class LMKEWorker(WorkerType):
         positive[rows[known], column[answers[known]]] = True
         return positive.to(self.device)
 
-    def contrastive_logits(self, batch: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+    def _encode_step(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor | None]]) -> StepEncodings:
+        """The queries of the batch (both directions) and of entity ``requests``, and the keys of the batch's
+        entities and of the requests' candidates (every entity where one has none), each distinct one encoded once."""
+        heads, relations, tails = batch.unbind(dim=1)
+        asked = [reciprocal_tail_query(kind, queries, self.num_relations) for kind, queries, _ in requests]
+        # (h, r) asks for tails, (t, r^-1) for heads
+        given = torch.cat([heads, tails, *(entities for entities, _ in asked)])
+        tokens = torch.cat([relations, relations + self.num_relations, *(relation_tokens for _, relation_tokens in asked)])
+        pairs, inverse = torch.unique(torch.stack([given, tokens], dim=1), dim=0, return_inverse=True)
+        vectors = self._queries(pairs[:, 0], pairs[:, 1])[inverse]
+        if any(candidates is None for _, _, candidates in requests):
+            entities = torch.arange(self.num_entities, device=self.device)
+        else:
+            entities = torch.unique(torch.cat([heads, tails, *(candidates.reshape(-1) for _, _, candidates in requests)]))
+        return StepEncodings(vectors, given, entities, self._encode_keys(entities))
+
+    def contrastive_logits(self, batch: torch.Tensor, encoded: StepEncodings | None = None) -> tuple[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
         """``(kind's logits [b, c], positives [b, c], candidate ids [c])`` for the batch's tail and head
         queries, and the batch's ``(entities, keys)`` for the memory bank.
 
@@ -394,12 +424,12 @@ class LMKEWorker(WorkerType):
         the batch's given entities too, then the memory bank's entities not among them (newest first);
         its own target is always a positive, and any other train answer among them too.
         """
-        heads, relations, tails = batch.to(self.device).unbind(dim=1)
-        entities, inverse = torch.unique(torch.cat([heads, tails]), return_inverse=True)
-        keys = self._encode_keys(entities)
-        head_keys, tail_keys = keys[inverse].chunk(2)
-        # one encoder call for both directions: (h, r) asks for tails, (t, r^-1) for heads
-        tail_queries, head_queries = self._queries(torch.cat([heads, tails]), torch.cat([relations, relations + self.num_relations])).chunk(2)
+        batch = batch.to(self.device)
+        encoded = encoded or self._encode_step(batch, [])
+        heads, relations, tails = batch.unbind(dim=1)
+        size = batch.shape[0]
+        tail_queries, head_queries = encoded.queries[:size], encoded.queries[size : 2 * size]
+        head_keys, tail_keys = encoded.keys_of(heads), encoded.keys_of(tails)
         bank = self._bank_entries()[::-1]
         log_degree = self.model.log_degree
         results = []
@@ -415,7 +445,8 @@ class LMKEWorker(WorkerType):
             logits = self._pair_logits(vectors[:, None], log_degree[given][:, None], candidate_keys[None], log_degree[ids][None])
             positive = self._positives(kind, queries, ids) | (ids[None] == targets[:, None])
             results.append((logits, positive, ids))
-        return results, (entities, keys)
+        entities = torch.unique(torch.cat([heads, tails]))
+        return results, (entities, encoded.keys_of(entities))
 
     def _bank_entries(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
         """The memory bank's entries of the last ``memory_bank`` steps before this one (``updates``), oldest first."""
@@ -423,15 +454,31 @@ class LMKEWorker(WorkerType):
         return [entry for entry in self._bank if entry[0] < self.updates][-size:] if size else []
 
     def train_loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean of :func:`contrastive_bce` over the batch's tail and head queries; stores the batch's keys in the memory bank.
+        return self.train_scores(batch, [])[0]
 
-        The bank keys entries by ``updates``: a second loss at the same step replaces its entry, so
-        it sees the same bank.
+    def train_scores(self, batch: torch.Tensor, requests: list[tuple[QueryKind, torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Mean of :func:`contrastive_bce` over the batch's tail and head queries, and the requested scores,
+        from one encoding of each distinct query and key of the step (relation requests are scored apart).
+
+        A student pulls labels for the queries of its own batches, on candidates that overlap from query
+        to query: encoded apart, a KD step cost about four own steps. The batch's keys go to the memory
+        bank, keyed by ``updates``: a second loss at the same step replaces its entry, so it sees the same bank.
         """
-        results, (entities, keys) = self.contrastive_logits(batch)
+        batch = batch.to(self.device)
+        listed = [(kind, queries.to(self.device), None if candidates is None else candidates.to(self.device)) for kind, queries, candidates in requests if kind != QueryKind.RELATION]
+        encoded = self._encode_step(batch, listed)
+        results, (entities, keys) = self.contrastive_logits(batch, encoded)
         if self.settings.memory_bank:  # type: ignore[attr-defined]
             self._bank = [*self._bank_entries(), (self.updates, entities, keys.detach())]
-        return sum(contrastive_bce(logits, positive) for logits, positive, _ in results) / len(results)
+        loss = sum(contrastive_bce(logits, positive) for logits, positive, _ in results) / len(results)
+        start = 2 * batch.shape[0]
+        entity_scores = []
+        for _, queries, candidates in listed:
+            rows = slice(start, start + queries.shape[0])
+            start = rows.stop
+            entity_scores.append(self._entity_logits(encoded.queries[rows], encoded.given[rows], candidates, encoded.keys if candidates is None else encoded.keys_of(candidates)))
+        entity_scores = iter(entity_scores)
+        return loss, [self.score(*request) if request[0] == QueryKind.RELATION else next(entity_scores) for request in requests]
 
     # -- export --------------------------------------------------------------------------
     def embeddings(self) -> dict[str, np.ndarray]:

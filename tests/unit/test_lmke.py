@@ -3,6 +3,7 @@ its in-batch contrastive loss and memory bank, its faiss shortlist, and that it 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 
@@ -293,6 +294,35 @@ def test_the_memory_bank_adds_earlier_keys_detached(make_kb, tiny_encoder):
     step([[4, 0, 5]])
     step([[6, 0, 7]])
     assert [sorted(ids.tolist()) for _, ids, _ in worker._bank_entries()] == [[4, 5], [6, 7]]  # the last two steps only
+
+
+def test_a_students_step_encodes_each_distinct_query_and_key_once(make_kb, tiny_encoder):
+    """A student pulls labels for its own batch's queries on candidates that overlap: the own loss and
+    every entity request share one encoding of each distinct query and key (the values and gradients
+    equal separate calls: the worker-type contract)."""
+    worker = build(text_kb(make_kb), tiny_encoder)
+    batch = torch.tensor([[0, 0, 1], [1, 1, 3]])
+    requests = [
+        (TAIL, batch[:, [0, 1]], torch.tensor([[1, 2, 3], [2, 3, 4]])),
+        (HEAD, batch[:, [1, 2]], torch.tensor([[0, 1, 2], [0, 3, 4]])),
+        (TAIL, torch.tensor([[2, 0]]), torch.tensor([[0, 1, 4]])),  # a query the batch does not ask
+    ]
+    encoded = collections.Counter()
+
+    def counting(name):
+        return lambda _, args, kwargs: encoded.update({name: kwargs["inputs_embeds"].shape[0]})
+
+    worker.model.query_encoder.register_forward_pre_hook(counting("query"), with_kwargs=True)
+    worker.model.key_encoder.register_forward_pre_hook(counting("key"), with_kwargs=True)
+    own, scores = worker.train_scores(batch, requests)
+    # queries (0, r0), (1, r1), (1, r0^-1), (3, r1^-1) and (2, r0); keys of entities 0-4
+    assert encoded == {"query": 5, "key": 5}
+    assert [tuple(s.shape) for s in scores] == [(2, 3), (2, 3), (1, 3)] and math.isfinite(own.item())
+    encoded.clear()
+    worker.train_loss(batch)
+    worker.score(TAIL, *requests[0][1:])
+    worker.score(HEAD, *requests[1][1:])
+    assert encoded == {"query": 8, "key": 3 + 4 + 5}  # apart: 4 + 2 + 2 queries; keys {0, 1, 3}, {1, 2, 3, 4}, {0, 1, 2, 3, 4}
 
 
 def test_without_degrees_the_matcher_sees_zeros(make_kb, tiny_encoder):
