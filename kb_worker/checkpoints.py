@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 
 from kdmkb.kb_worker.ranking import PartialRanking
 from kdmkb.kb_worker.worker_types.base import RUNTIME_SETTINGS
@@ -77,7 +78,17 @@ def _write_whole(target: Path, state: dict) -> None:
     os.replace(temporary, target)
 
 
-def read(directory: str | Path, round_: int, kb: str, worker_type: str, settings: dict) -> dict:
+def same_model_settings(stored: dict, settings: BaseModel) -> bool:
+    """Whether a checkpoint's ``stored`` settings are ``settings`` (runtime ones aside), read as ``settings``' class reads them:
+    a setting added since the checkpoint was written holds its default there, so a checkpoint outlives a release that adds one."""
+    try:
+        then = type(settings).model_validate(stored)
+    except ValidationError:  # a setting since removed, or a value no longer accepted
+        return False
+    return model_settings(then.model_dump()) == model_settings(settings.model_dump())
+
+
+def read(directory: str | Path, round_: int, kb: str, worker_type: str, settings: BaseModel) -> dict:
     """Round ``round_``'s checkpoint of ``kb``; raises :class:`DataError` naming the file when it is missing, damaged or of another model."""
     file = path(directory, round_)
     if not file.is_file():
@@ -91,7 +102,7 @@ def read(directory: str | Path, round_: int, kb: str, worker_type: str, settings
         raise DataError(f"{file}: not a kdmkb checkpoint")
     if state["kb"] != kb:
         raise DataError(f"{file}: checkpoint is of KB {state['kb']!r}, not of KB {kb!r}")
-    if state["worker_type"] != worker_type or model_settings(state["settings"] or {}) != model_settings(settings):
+    if state["worker_type"] != worker_type or not same_model_settings(state["settings"] or {}, settings):
         raise DataError(f"{file}: checkpoint is of a {state['worker_type']!r} worker with other settings than KB {kb!r}")
     return state
 

@@ -379,7 +379,7 @@ class KBWorker:
     def load(self, directory: str | Path, round_: int) -> int:
         """Restores round ``round_``'s checkpoint written by :meth:`save`; a bad one raises and changes nothing."""
         self._require_model()  # only into a configured job: the checkpoint restores weights, not job settings
-        state = checkpoints.read(directory, round_, self.name, self.worker_type, self.settings.model_dump())
+        state = checkpoints.read(directory, round_, self.name, self.worker_type, self.settings)
         model, teacher, student = self._sides(self.type_class(self.kb, self.settings))
         learned = student.combination.modules()
         try:

@@ -222,6 +222,28 @@ def test_a_checkpoint_of_other_settings_is_refused(trained_worker, tmp_path, nat
     np.testing.assert_array_equal(_weights(other)["entity"], before["entity"])
 
 
+def test_a_checkpoint_written_before_a_setting_existed_is_taken_at_its_default(trained_worker, tmp_path, nations_split, kb_names, worker_settings):
+    """A release that adds a setting (at a default that keeps the old behaviour) must not strand its users' checkpoints;
+    set to another value, the same checkpoint is refused."""
+    trained_worker.save(tmp_path / "ck", 1)
+    path = checkpoints.path(tmp_path / "ck", 1)
+    state = torch.load(path, weights_only=True)
+    del state["settings"]["regularization"]  # as written before the setting existed
+    torch.save(state, path)
+    trained_worker.train(1, 3)
+    restored = KBWorker(kb_names[0], nations_split.out_dir / kb_names[0], "transe", worker_settings)
+    restored.configure("job-ck", 0)
+    assert restored.load(tmp_path / "ck", 1) == state["step"]
+    other = KBWorker(kb_names[0], nations_split.out_dir / kb_names[0], "transe", {**worker_settings, "regularization": 0.1})
+    other.configure("job-ck", 0)
+    with pytest.raises(DataError, match="other settings"):
+        other.load(tmp_path / "ck", 1)
+    state["settings"]["retired_setting"] = 1  # a setting since removed
+    torch.save(state, path)
+    with pytest.raises(DataError, match="other settings"):
+        restored.load(tmp_path / "ck", 1)
+
+
 def test_a_checkpoint_of_another_kb_is_refused(trained_worker, tmp_path, nations_split, kb_names, worker_settings):
     """The nations halves have vocabularies of one size: the weights would fit, the KB is another."""
     trained_worker.save(tmp_path / "ck", 1)
