@@ -425,7 +425,8 @@ class LMKEWorker(WorkerType):
         its own target is always a positive, and any other train answer among them too.
         """
         batch = batch.to(self.device)
-        encoded = encoded or self._encode_step(batch, [])
+        if encoded is None:
+            encoded = self._encode_step(batch, [])
         heads, relations, tails = batch.unbind(dim=1)
         size = batch.shape[0]
         tail_queries, head_queries = encoded.queries[:size], encoded.queries[size : 2 * size]
