@@ -230,7 +230,7 @@ class JobRunner(threading.Thread):
 
     def _configure(self, settings: JobSettings, strategy, initial: dict) -> None:
         """Fresh models from the job's seed (and the strategy in its ``initial`` state), or, resuming, the newest checkpoint every KB can load
-        (older ones when the latest is damaged)."""
+        (older ones when the latest is damaged; the job fails, its checkpoints untouched, when none loads)."""
         job = self.job
         distill = settings.distill()
 
@@ -238,7 +238,7 @@ class JobRunner(threading.Thread):
             ray.get([w.configure.remote(job.job_id, settings.seed, distill, self.views[kb], strategy.teachers_of(kb)) for kb, w in self.workers.items()])
 
         configure()
-        job.round = 0
+        refused = []
         for round_ in sorted(map(int, job.checkpoints), reverse=True) if self.resume else ():
             try:
                 ray.get([w.load.remote(str(self.store.checkpoint_dir(job.job_id, kb)), round_) for kb, w in self.workers.items()])
@@ -247,15 +247,16 @@ class JobRunner(threading.Thread):
                 if not isinstance(cause, DataError):
                     raise
                 log.error("job %s: checkpoint of round %d unusable, trying an older one: %s", job.job_id, round_, cause)
+                refused.append(f"round {round_}: {cause}")
                 continue
             saved = job.checkpoints[str(round_)]
             job.round, job.progress = round_, copy.deepcopy(saved["progress"])
             strategy.restore(saved["strategy"])
             break
         else:
-            if self.resume and job.checkpoints:
-                log.error("job %s: no checkpoint is usable; starting again from round 0", job.job_id)
-                configure()
+            if refused:  # training from round 0 would overwrite them: their owner decides
+                raise DataError(f"no checkpoint of this job can be loaded, none was changed ({'; '.join(refused)})")
+            job.round = 0
             if self.resume:
                 job.progress = {}
                 strategy.restore(initial)

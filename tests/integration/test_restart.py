@@ -150,6 +150,41 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
     assert resumed.progress[kb_names[0]]["steps"] == LONG_ROUNDS * job_settings["steps_per_round"]
 
 
+@pytest.mark.slow  # two coordinators re-opening their KBs: about 15 s
+def test_a_job_whose_every_checkpoint_is_refused_fails_and_keeps_them(
+    ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings
+):
+    data = tmp_path / "state"
+    first = Coordinator(data)
+    try:
+        _register(first, nations_split, kb_names, alignment_files, worker_settings)
+        job = first.create_job("cooperative", list(kb_names), {**job_settings, "rounds": LONG_ROUNDS, "eval_every": 0, "checkpoint_every": 1})
+        first.start_job(job.job_id)
+        _interrupt_after(first, job.job_id, 2)
+    finally:
+        first.shutdown()
+    record = _record(data, job.job_id)
+    folder = data / "checkpoints" / job.job_id / kb_names[0]
+    damaged = sorted(folder.iterdir())
+    assert len(damaged) >= 2
+    for checkpoint in damaged:
+        checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+    kept = {path: path.read_bytes() for path in (data / "checkpoints" / job.job_id).rglob("*.pt")}
+
+    second = Coordinator(data)
+    try:
+        failed = second.wait(job.job_id, TIMEOUT)
+    finally:
+        second.shutdown()
+    assert failed.state == "FAILED"
+    assert failed.error.startswith("DataError: no checkpoint of this job can be loaded")
+    assert all(str(path) in failed.error for path in damaged), failed.error
+    assert failed.round == record["round"]
+    # nothing trained and nothing written over: the owner decides what becomes of them
+    assert _rounds_run(job.job_id) == record["round"]
+    assert {path: path.read_bytes() for path in (data / "checkpoints" / job.job_id).rglob("*.pt")} == kept
+
+
 # -- KBWorker.load ----------------------------------------------------------------------------
 
 
