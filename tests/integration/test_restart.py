@@ -119,11 +119,8 @@ def test_jobs_survive_a_restart_and_running_ones_resume(ray_session, tmp_path, n
         second.shutdown()
 
 
-@pytest.mark.slow  # two coordinators re-opening their KBs: about 15 s
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
-    ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings, caplog
-):
-    data = tmp_path / "state"
+def _checkpointed_and_interrupted(data: Path, nations_split, kb_names, alignment_files, worker_settings, job_settings) -> tuple[str, dict]:
+    """A cooperative job checkpointing every round, its coordinator shut down after 2 rounds: its id and stored record."""
     first = Coordinator(data)
     try:
         _register(first, nations_split, kb_names, alignment_files, worker_settings)
@@ -132,21 +129,29 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
         _interrupt_after(first, job.job_id, 2)
     finally:
         first.shutdown()
-    record = _record(data, job.job_id)
+    return job.job_id, _record(data, job.job_id)
+
+
+@pytest.mark.slow  # two coordinators re-opening their KBs: about 15 s
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
+    ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings, caplog
+):
+    data = tmp_path / "state"
+    job_id, record = _checkpointed_and_interrupted(data, nations_split, kb_names, alignment_files, worker_settings, job_settings)
     latest = record["checkpoint_round"]
-    checkpoint = checkpoints.path(data / "checkpoints" / job.job_id / kb_names[0], latest)
+    checkpoint = checkpoints.path(data / "checkpoints" / job_id / kb_names[0], latest)
     checkpoint.write_bytes(checkpoint.read_bytes()[:200])
 
     with caplog.at_level(logging.ERROR, logger="kdmkb.coordinator.jobs"):
         second = Coordinator(data)
         try:
-            resumed = second.wait(job.job_id, TIMEOUT)
+            resumed = second.wait(job_id, TIMEOUT)
         finally:
             second.shutdown()
     assert resumed.state == "SUCCEEDED", resumed.error
     assert any(str(checkpoint) in message and "corrupt checkpoint" in message for message in caplog.messages), caplog.messages
     # the second coordinator ran every round from the previous checkpoint on, the first every round up to its crash
-    assert _rounds_run(job.job_id) == record["round"] + LONG_ROUNDS - (latest - 1)
+    assert _rounds_run(job_id) == record["round"] + LONG_ROUNDS - (latest - 1)
     assert resumed.progress[kb_names[0]]["steps"] == LONG_ROUNDS * job_settings["steps_per_round"]
 
 
@@ -155,25 +160,17 @@ def test_a_job_whose_every_checkpoint_is_refused_fails_and_keeps_them(
     ray_session, tmp_path, nations_split, kb_names, alignment_files, worker_settings, job_settings
 ):
     data = tmp_path / "state"
-    first = Coordinator(data)
-    try:
-        _register(first, nations_split, kb_names, alignment_files, worker_settings)
-        job = first.create_job("cooperative", list(kb_names), {**job_settings, "rounds": LONG_ROUNDS, "eval_every": 0, "checkpoint_every": 1})
-        first.start_job(job.job_id)
-        _interrupt_after(first, job.job_id, 2)
-    finally:
-        first.shutdown()
-    record = _record(data, job.job_id)
-    folder = data / "checkpoints" / job.job_id / kb_names[0]
+    job_id, record = _checkpointed_and_interrupted(data, nations_split, kb_names, alignment_files, worker_settings, job_settings)
+    folder = data / "checkpoints" / job_id / kb_names[0]
     damaged = sorted(folder.iterdir())
     assert len(damaged) >= 2
     for checkpoint in damaged:
         checkpoint.write_bytes(checkpoint.read_bytes()[:200])
-    kept = {path: path.read_bytes() for path in (data / "checkpoints" / job.job_id).rglob("*.pt")}
+    kept = {path: path.read_bytes() for path in (data / "checkpoints" / job_id).rglob("*.pt")}
 
     second = Coordinator(data)
     try:
-        failed = second.wait(job.job_id, TIMEOUT)
+        failed = second.wait(job_id, TIMEOUT)
     finally:
         second.shutdown()
     assert failed.state == "FAILED"
@@ -181,8 +178,8 @@ def test_a_job_whose_every_checkpoint_is_refused_fails_and_keeps_them(
     assert all(str(path) in failed.error for path in damaged), failed.error
     assert failed.round == record["round"]
     # nothing trained and nothing written over: the owner decides what becomes of them
-    assert _rounds_run(job.job_id) == record["round"]
-    assert {path: path.read_bytes() for path in (data / "checkpoints" / job.job_id).rglob("*.pt")} == kept
+    assert _rounds_run(job_id) == record["round"]
+    assert {path: path.read_bytes() for path in (data / "checkpoints" / job_id).rglob("*.pt")} == kept
 
 
 # -- KBWorker.load ----------------------------------------------------------------------------
