@@ -85,7 +85,8 @@ ROWS = {
         20, 100, "2,000 steps of 16; rerank@10(rotate), rotate 2,000 steps of 2,048", WN18RR,
     ),
     "wn18rr-rotate": _row("rotate", {**STRUCTURAL, "batch_size": 512}, 20, 500, "10,000 steps of 512 (59 epochs)", WN18RR),
-    # RotatE given the training wall time of wn18rr-lmke-no-bank (63 minutes; 43.65 s per 500 steps here).
+    # RotatE past wn18rr-lmke-no-bank's training wall time (sized from one sitting's speed; the round
+    # that matches it by the clock is ranked from its checkpoint, docs/results-text.md footnote 5).
     "wn18rr-rotate-equal-time": _row("rotate", {**STRUCTURAL, "batch_size": 512}, 20, 2150, "43,000 steps of 512 (253 epochs, lmke-no-bank's training time)", WN18RR),
     "wn18rr-complex-1vsall": _row("feature-complex", {"rank": 200, "batch_size": 1000, "n3": 0.1, "threads": 2}, 20, 87, "1,740 steps of 1000, 1vsAll + reciprocals, N3 (20 epochs)", WN18RR),
 }
