@@ -17,6 +17,21 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def with_worker_environment() -> None:
+    """Runs this script again under the KB workers' environment (``services/ray_runtime.WORKER_ENV``) unless it has it.
+
+    For runners that train or rank in their own process rather than in a Ray worker: glibc reads
+    ``MALLOC_*`` only when a process starts, and without them large temporaries are page-faulted in
+    again at every step (docs/benchmarks.md). Call it first thing under ``__main__``, never on import.
+    """
+    from kdmkb.services.ray_runtime import WORKER_ENV
+
+    missing = {key: value for key, value in WORKER_ENV.items() if key not in os.environ}
+    if missing:
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:

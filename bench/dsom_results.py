@@ -27,7 +27,7 @@ entity texts; bench/results/2026-11-30/dsom-smoke)::
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import _common  # sets OMP_WAIT_POLICY before torch loads
 
 import argparse
 import json
@@ -349,4 +349,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    _common.with_worker_environment()
     main()

@@ -20,7 +20,7 @@ text, ranked with the same filtered evaluator as every other row.
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
+import _common  # sets OMP_WAIT_POLICY before torch is imported
 
 import argparse
 import json
@@ -240,27 +240,37 @@ def zero_shot(data: Path) -> dict:
     return {"strategy": "none", "state": "SUCCEEDED", "rounds": 0, "kbs": {"minilm-zero-shot": metrics_dict(metrics_message(metrics))}}
 
 
-def check(name: str, state: Path, split: str) -> None:
-    """Ranks ``split`` with an unfinished row's newest checkpoint (how far it has come), by the same evaluator."""
-    import torch
+def check(name: str, state: Path, split: str, round_: int | None, checkpoints: Path | None, out: Path | None) -> None:
+    """Ranks ``split`` with one of a row's checkpoints (its newest by default: how far an unfinished row has come).
 
-    from kdmkb.kb_worker.data import load_kb
-    from kdmkb.kb_worker.ranking import KnownAnswers, evaluate_ranking
-    from kdmkb.kb_worker.worker_types import WORKER_TYPES
+    The KB is built from the row's own job file and ranked by the job's evaluator (``KBWorker.evaluate``,
+    by degree). ``checkpoints``: a folder of the KB's checkpoints copied aside (the job keeps its last few).
+    """
+    from kdmkb.kb_worker.worker import KBWorker
 
-    torch.set_num_threads(2)
-    row = ROWS[name]
-    found = sorted((state / name / "data" / "checkpoints").glob("*/*/round-*.pt"))
+    folder = state / name
+    if not (folder / "job.toml").is_file():
+        raise SystemExit(f"{name}: no job file under {folder}: the row has not started")
+    kb = tomllib.loads((folder / "job.toml").read_text(encoding="utf-8"))["kb"][0]
+    pattern = "round-*.pt" if checkpoints else f"*/{kb['name']}/round-*.pt"
+    found = {int(file.stem.split("-")[1]): file for file in (checkpoints or folder / "data" / "checkpoints").glob(pattern)}
     if not found:
-        raise SystemExit(f"{name}: no checkpoint under {state / name / 'data'} yet")
-    kb = load_kb(row["data"])
-    cls = WORKER_TYPES.get(row["worker_type"])
-    worker = cls(kb, cls.validate_settings({**row["settings"], "device": "cpu"}))
-    worker.modules().load_state_dict(torch.load(found[-1], weights_only=False)["model"])
-    worker.modules().eval()
-    with torch.no_grad():
-        metrics = evaluate_ranking(worker.score, kb.split(split), KnownAnswers(kb.known_triples(), len(kb.entities), len(kb.relations)), batch_size=64)
-    print(f"{name} {found[-1].name} {split}: MRR {metrics.mrr:.4f} MR {metrics.mr:.2f} H@1 {metrics.hits_at_1:.4f} H@10 {metrics.hits_at_10:.4f}")
+        raise SystemExit(f"{name}: no checkpoint under {checkpoints or folder / 'data' / 'checkpoints'} yet")
+    round_ = max(found) if round_ is None else round_
+    if round_ not in found:
+        raise SystemExit(f"{name}: no checkpoint of round {round_} (rounds there: {', '.join(map(str, sorted(found)))})")
+    worker = KBWorker(kb["name"], kb["data"], kb["worker_type"], {**kb["settings"], "device": "cpu"})
+    worker.configure(f"check-{name}", SEED)
+    step = worker.load(found[round_].parent, round_)
+    started = time.perf_counter()
+    metrics = worker.evaluate(split, by_degree=True)
+    seconds = time.perf_counter() - started
+    print(
+        f"{name} round {round_} (step {step}) {split}: MRR {metrics['mrr']:.4f} MR {metrics['mr']:.2f} H@1 {metrics['hits_at_1']:.4f} "
+        f"H@3 {metrics['hits_at_3']:.4f} H@10 {metrics['hits_at_10']:.4f}, ranked in {seconds:.0f} s"
+    )
+    if out:
+        out.write_text(json.dumps({"row": name, "round": round_, "step": step, "ranking_seconds": seconds, split: metrics}, indent=1), encoding="utf-8")
 
 
 def table(state: Path) -> None:
@@ -311,9 +321,12 @@ def main() -> None:
     run.add_argument("rows", nargs="*", help=f"Rows by name: {', '.join(ALL_ROWS)}.")
     run.add_argument("--all", action="store_true", help="Every row not finished yet, in table order.")
     commands.add_parser("table", help="Print the finished rows as Markdown.")
-    checking = commands.add_parser("check", help="Rank a split with an unfinished row's newest checkpoint.")
-    checking.add_argument("row")
+    checking = commands.add_parser("check", help="Rank a split with one of a row's checkpoints (the newest by default).")
+    checking.add_argument("row", choices=list(ROWS))
     checking.add_argument("--split", default="valid", choices=["valid", "test"])
+    checking.add_argument("--round", type=int, help="The checkpoint of this round (default: the newest).")
+    checking.add_argument("--checkpoints", type=Path, help="A folder of the row's checkpoints copied aside (default: the job's own).")
+    checking.add_argument("--out", type=Path, help="Also write the metrics, by degree, to this JSON file.")
     commands.add_parser("list", help="Name every row with its budget.")
     args = parser.parse_args()
     if args.command == "list":
@@ -324,7 +337,7 @@ def main() -> None:
     elif args.command == "table":
         table(args.state)
     elif args.command == "check":
-        check(args.row, args.state, args.split)
+        check(args.row, args.state, args.split, args.round, args.checkpoints, args.out)
     else:
         unknown = [name for name in args.rows if name not in ALL_ROWS]
         if unknown or not (args.rows or args.all):
@@ -334,4 +347,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    _common.with_worker_environment()
     main()
