@@ -89,6 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint-every", type=int, default=5, help="Rounds between a row's checkpoints.")
     parser.add_argument("--hidden", type=int, default=1024, help="Policy MLP hidden width.")
+    parser.add_argument("--policy-learning-rate", type=float, help="The policy's step size (default: DSoMSettings'; the rows before it had the student's, 0.1).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--seed", type=int, default=0, help="Models' seed, and which entities the missing-modality rows strip of their features.")
@@ -263,7 +264,8 @@ class Table:
         combination = dict(combination)
         answers = combination.pop("answers", "full")
         alone = row == "complex-n3"
-        distill = {**DSOM, "combination_settings": {"hidden": self.args.hidden, "state": "compact", **combination}} if not alone else {}
+        rate = {"policy_learning_rate": self.args.policy_learning_rate} if self.args.policy_learning_rate else {}
+        distill = {**DSOM, "combination_settings": {"hidden": self.args.hidden, "state": "compact", **rate, **combination}} if not alone else {}
         student = KBWorker("student", self.folder, "feature-complex", self.worker_settings({"n3": self.args.n3}))
         student.configure(f"dsom-{row}", self.args.seed, distill, self.view(student, [] if alone else list(teachers)))
         directory, rounds = self.args.out / "rows" / row, self.steps(self.args.student_epochs, student)
@@ -296,6 +298,7 @@ class Table:
                 "seconds_this_sitting": time.perf_counter() - started,
                 "steps_this_sitting": (rounds - done) * self.args.steps_per_round,
                 "policy_parameters": sum(p.numel() for p in learned.parameters()) if (learned := student.student.combination.modules()) is not None else 0,
+                **({} if alone else {"combination_settings": student.student.combination.settings.model_dump()}),
                 "soft_label_bytes_per_query_this_sitting": label_bytes / (queries * len(teachers)) if queries else 0.0,
                 "subset_shares": {subset: count / total for subset, count in sorted(subsets.items())} if total else {},
                 **self._evaluate(student),

@@ -76,6 +76,11 @@ class TeacherCombination(abc.ABC):
         """Learned parts (e.g. a teacher-selection policy): the student optimises and checkpoints them."""
         return None
 
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        """The learned parts' groups in the student's optimiser; ``learning_rate`` is the student's own."""
+        learned = self.modules()
+        return [{"params": list(learned.parameters()), "lr": learning_rate}] if learned is not None else []
+
     @abc.abstractmethod
     def loss(self, lessons: StepLessons, student_logits: list[torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
         """The distillation loss; ``student_logits[i]`` scores ``lessons.groups[i]``'s candidates; ``batch`` holds the step's own triples."""
@@ -128,6 +133,12 @@ class DSoMSettings(CombinationSettings):
         "or per teacher its top_m probabilities, entropy, target probability and neighbour mass.",
     )
     hidden: int = Field(1024, gt=0, description="Width of the policy MLP's hidden layer.")
+    policy_learning_rate: float = Field(
+        1e-3,
+        gt=0,
+        description="The policy's step size in the student's optimiser (eq. 9's alpha; the paper gives none). "
+        "Not the student's: an embedding table's rate (Adagrad 0.1) fixes the policy on one subset within its first steps, before the student has learned anything.",
+    )
     top_m: int = Field(8, gt=0, description="compact state: how many of each teacher's largest probabilities it holds.")
     distillation: Literal["ndkd", "dkd", "kd"] = Field(
         "ndkd", description="ndkd: eq. 12 with the query's train answers as neighbours; dkd: the target alone as neighbour (decoupled KD); kd: the plain KL of eq. 2."
@@ -171,6 +182,9 @@ class DSoM(TeacherCombination):
 
     def modules(self) -> torch.nn.Module | None:
         return self.policy
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        return [{**group, "lr": self.settings.policy_learning_rate} for group in super().parameter_groups(learning_rate)]
 
     def statistics(self) -> dict:
         counts, self.chosen = self.chosen.tolist(), torch.zeros_like(self.chosen)

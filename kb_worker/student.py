@@ -27,9 +27,7 @@ class Student(Side):
         super().__init__(**vars(side))
         self.combination = combination
         model = self.model
-        learned = combination.modules()
-        extra = [{"params": list(learned.parameters()), "lr": model.settings.learning_rate}] if learned is not None else []
-        self.optimizer = model.optimizer(extra)
+        self.optimizer = model.optimizer(combination.parameter_groups(model.settings.learning_rate))
         self.train_answers = KnownAnswers(model.kb.train, model.num_entities, model.num_relations)
 
     # -- pull: the student's own queries ---------------------------------------------------------

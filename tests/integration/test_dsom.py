@@ -77,7 +77,7 @@ def test_a_dsom_student_learns_from_three_teachers_and_records_its_choices(stub,
     assert all(progress[t].steps == PRETRAIN * STEPS for t in TEACHERS)  # then they are frozen
     assert all(progress[t].soft_label_bytes_sent > 0 and progress[t].query_bytes_received > 0 for t in TEACHERS)
     assert progress[STUDENT].soft_label_bytes_received == sum(progress[t].soft_label_bytes_sent for t in TEACHERS)
-    assert progress[STUDENT].kd_loss > 0
+    assert progress[STUDENT].kd_loss != 0  # L_RC + gamma L_NDKD: L_RC, a policy-gradient surrogate, may be below 0
     losses = [e.progress[STUDENT].loss for e in events if e.kind == "round" and e.round > PRETRAIN]
     assert len(losses) == ROUNDS - PRETRAIN and losses[-1] < losses[0]  # its own cross-entropy falls
 

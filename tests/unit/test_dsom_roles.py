@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kdmkb.coordinator.strategies import make_strategy
+from kdmkb.kb_worker.combining import DSoMSettings
 from kdmkb.kb_worker.worker import AlignmentView, KBWorker
 from kdmkb.services.config import JobSettings
 from kdmkb.services.tsv import write_rows
@@ -81,6 +82,19 @@ def test_a_teacher_without_a_policy_still_answers_and_the_student_learns(kb_fold
     workers["text"].save(tmp_path / "text", 1)
     workers["text"].load(tmp_path / "text", 1)  # its checkpoint holds no policy and loads back
     assert workers["text"].student.combination.modules() is None
+
+
+def test_the_policy_steps_at_its_own_rate_not_the_students(kb_folder):
+    """At the student's rate (Adagrad 0.1) every policy weight moves 0.1 in the first step, which fixes it on one subset at once."""
+    workers = dsom_workers(kb_folder)
+    student = workers["student"]
+    policy = list(student.student.combination.modules().parameters())
+    before = [parameter.detach().clone() for parameter in policy]
+    taught_round(workers)  # 2 steps
+    moved = max(float((parameter.detach() - old).abs().max()) for parameter, old in zip(policy, before, strict=True))
+    rate = DSoMSettings().policy_learning_rate
+    assert rate < student.settings.learning_rate
+    assert 0 < moved <= 2 * rate * (1 + 1e-6)  # an Adagrad step is at most its rate per weight
 
 
 def trained_student(kb_folder, directory) -> KBWorker:
