@@ -386,7 +386,10 @@ class KBWorker:
             model.modules().load_state_dict(state["model"])
             if learned is not None:
                 learned.load_state_dict(state.get("combination") or {})
+            rates = [group["lr"] for group in student.optimizer.param_groups]
             student.optimizer.load_state_dict(state["optimizer"])
+            for group, rate in zip(student.optimizer.param_groups, rates, strict=True):
+                group["lr"] = rate  # the settings' step size now (a checkpoint keeps the sums, not the rate it was written at)
             teacher.restore(state["teacher"])
             model.load_training_state(state["training_state"])
         except (RuntimeError, ValueError, KeyError) as error:

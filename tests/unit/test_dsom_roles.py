@@ -131,3 +131,17 @@ def test_a_dsom_student_restored_outside_its_job_gets_its_policy_back(kb_folder,
     restored = fresh.student.combination.modules().state_dict()
     assert all(torch.equal(restored[k], v) for k, v in student.student.combination.modules().state_dict().items())
     assert fresh.restore_model("job", 0, distill, tmp_path, [1])["round"] is None  # without its teachers the checkpoint does not fit
+
+
+def test_a_resumed_student_steps_its_policy_at_the_rate_its_settings_give_now(kb_folder, tmp_path):
+    """A checkpoint keeps the optimiser's sums, not its step size: a rate changed between sittings applies on resume."""
+    from kdmkb.services.config import DistillSettings
+
+    trained_student(kb_folder, tmp_path)  # saved at the default rate
+    changed = {**DISTILL, "combination_settings": {**DISTILL["combination_settings"], "policy_learning_rate": 0.01}}
+    fresh = KBWorker("student", kb_folder, "feature-complex", {"rank": 4, "batch_size": 16})
+    assert fresh.restore_model("job", 0, DistillSettings.model_validate(changed), tmp_path, [1], teachers=("structure", "text"))["round"] == 1
+    policy = {id(p) for p in fresh.student.combination.modules().parameters()}
+    rates = {("policy" if id(group["params"][0]) in policy else "model"): group["lr"] for group in fresh.student.optimizer.param_groups}
+    assert rates == {"policy": 0.01, "model": fresh.settings.learning_rate}
+    assert all(state["sum"].abs().sum() > 0 for state in fresh.student.optimizer.state.values())  # the sums did come back
