@@ -166,6 +166,14 @@ def _triples(data: Path, name: str) -> Path:
 
 
 # -- workers -------------------------------------------------------------------------------------
+def identity_view(worker: KBWorker, peers: list[str]) -> AlignmentView:
+    """Every entity and relation of ``worker`` aligned with the same id at each peer: the table's KBs are one folder."""
+    vocabulary = worker.vocabulary()
+    entities = {name: i for i, name in enumerate(vocabulary["entity"])}
+    relations = {name: i for i, name in enumerate(vocabulary["relation"])}
+    return AlignmentView(entities, relations, {peer: (list(entities.values()), list(relations.values())) for peer in peers})
+
+
 class Table:
     """The KBs of the table in one process, and results.json."""
 
@@ -178,12 +186,6 @@ class Table:
     def worker_settings(self, extra: dict | None = None) -> dict:
         a = self.args
         return {"rank": a.rank, "batch_size": a.batch_size, "learning_rate": a.learning_rate, "threads": a.threads, "device": a.device, **(extra or {})}
-
-    def view(self, worker: KBWorker, peers: list[str]) -> AlignmentView:
-        vocabulary = worker.vocabulary()
-        entities = {name: i for i, name in enumerate(vocabulary["entity"])}
-        relations = {name: i for i, name in enumerate(vocabulary["relation"])}
-        return AlignmentView(entities, relations, {peer: (list(entities.values()), list(relations.values())) for peer in peers})
 
     def steps(self, epochs: float, worker: KBWorker) -> int:
         per_epoch = -(-len(worker.kb.train) // worker.schedule.batch_size)
@@ -215,7 +217,7 @@ class Table:
             return self.trained[name]
         # in one process no object store carries the answers: a full answer step (116 MB at batch 1,000) is no message over a limit
         worker = KBWorker(name, folder, "feature-complex", self.worker_settings(features), Limits(max_label_bytes=2**40))
-        worker.configure("dsom-teachers", self.args.seed, {}, self.view(worker, ["student"]))  # a teacher only answers
+        worker.configure("dsom-teachers", self.args.seed, {}, identity_view(worker, ["student"]))  # a teacher only answers
         directory, rounds = self.args.out / "teachers" / name, self.steps(self.args.teacher_epochs, worker)
         done, started = self._resume(worker, directory), time.perf_counter()
         for round_ in range(done, rounds):
@@ -267,7 +269,7 @@ class Table:
         rate = {"policy_learning_rate": self.args.policy_learning_rate} if self.args.policy_learning_rate else {}
         distill = {**DSOM, "combination_settings": {"hidden": self.args.hidden, "state": "compact", **rate, **combination}} if not alone else {}
         student = KBWorker("student", self.folder, "feature-complex", self.worker_settings({"n3": self.args.n3}))
-        student.configure(f"dsom-{row}", self.args.seed, distill, self.view(student, [] if alone else list(teachers)))
+        student.configure(f"dsom-{row}", self.args.seed, distill, identity_view(student, [] if alone else list(teachers)))
         directory, rounds = self.args.out / "rows" / row, self.steps(self.args.student_epochs, student)
         done, started = self._resume(student, directory), time.perf_counter()
         label_bytes = queries = 0

@@ -5,15 +5,16 @@ From the repository root:
     python policy_diagnostics.py advantages ROW ROUND              # a trained student on train tail queries: each subset's CE, reward, advantage
 The settings are DSoMSettings', e.g. policy_learning_rate=0.01.
 """
-import collections
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # bench/, for the runner's alignment
+from dsom_results import identity_view
 from kdmkb.kb_worker import dsom
-from kdmkb.kb_worker.worker import AlignmentView, KBWorker
+from kdmkb.kb_worker.worker import KBWorker
 from kdmkb.kb_worker.worker_types.base import QueryKind
 from kdmkb.services.limits import Limits
 
@@ -22,18 +23,11 @@ BASE = {"rank": 200, "batch_size": 1000, "learning_rate": 0.1, "threads": 1, "de
 torch.set_num_threads(1)
 
 
-def view(worker, peers):
-    vocabulary = worker.vocabulary()
-    entities = {n: i for i, n in enumerate(vocabulary["entity"])}
-    relations = {n: i for i, n in enumerate(vocabulary["relation"])}
-    return AlignmentView(entities, relations, {p: (list(entities.values()), list(relations.values())) for p in peers})
-
-
 def teachers():
     trained = {}
     for name, extra in {"numeric": {"features": "numeric"}, "structure": {}, "text": {"features": "text"}}.items():
         worker = KBWorker(name, OUT / "kb", "feature-complex", {**BASE, **extra}, Limits(max_label_bytes=2**40))
-        worker.configure("dsom-teachers", 0, {}, view(worker, ["student"]))
+        worker.configure("dsom-teachers", 0, {}, identity_view(worker, ["student"]))
         worker.load(OUT / "teachers" / name, 136)
         trained[name] = worker
     return trained
@@ -42,7 +36,7 @@ def teachers():
 def student(job, names, settings):
     distill = {"combination": "dsom", "relation_weight": 0.0, "temperature": 4.0, "combination_settings": {"hidden": 1024, "state": "compact", "distillation": "kd", **settings}}
     worker = KBWorker("student", OUT / "kb", "feature-complex", {**BASE, "n3": 0.0}, Limits(max_label_bytes=2**40))
-    worker.configure(job, 0, distill, view(worker, names))
+    worker.configure(job, 0, distill, identity_view(worker, names))
     return worker
 
 
@@ -63,9 +57,6 @@ def advantages(row, round_):
     learner = student(f"dsom-{row}", list(taught), {})
     learner.load(OUT / "rows" / row, round_)
     train = torch.as_tensor(learner.kb.train)[:4000]
-    answers = collections.defaultdict(set)
-    for h, r, t in learner.kb.train.tolist():
-        answers[(h, r)].add(t)
     queries, targets = train[:, :2], train[:, 2]
     with torch.no_grad():
         logits = torch.stack([w.model.score(QueryKind.TAIL, queries) for w in taught.values()])  # [3, q, E]
@@ -81,8 +72,7 @@ def advantages(row, round_):
             advantage = reward - baseline
             print(f"{label:24s} CE {ce.mean():.3f} reward+1 {(reward > 0).float().mean():.3f} adv mean {advantage.mean():+.3f} adv>0 {(advantage > 0).float().mean():.3f} adv<0 {(advantage < 0).float().mean():.3f}")
         known = torch.zeros(len(targets), logits.shape[-1], dtype=torch.bool)
-        for i, (h, r) in enumerate(queries.tolist()):
-            known[i, list(answers[(h, r)])] = True
+        known[learner.student.train_answers.pairs(QueryKind.TAIL, queries)] = True
         state = dsom.compact_state(logits, targets, known, 8)
         print("policy mean probs", [f"{x:.4f}" for x in learner.student.combination.modules()(state).exp().mean(0).tolist()], "subset order", labels)
         print("state mean", state.mean(0)[:11].tolist())
