@@ -1,8 +1,9 @@
-"""Diagnostics of the dsom policy (not product code), on the FB15k-237 work folder's trained teachers.
+"""Diagnostics of the dsom rows (not product code), on the FB15k-237 work folder's trained teachers.
 
 From the repository root:
     python policy_diagnostics.py early STEPS [setting=value ...]   # a fresh rl-kd student's first steps: the subsets its policy samples
     python policy_diagnostics.py advantages ROW ROUND              # a trained student on train tail queries: each subset's CE, reward, advantage
+    python policy_diagnostics.py lists ROW_FOLDER ROUND            # a trained student's compact answers: bytes per query when one candidate list serves 1,000 to 50 queries of a kind
 The settings are DSoMSettings', e.g. policy_learning_rate=0.01.
 """
 import sys
@@ -80,8 +81,25 @@ def advantages(row, round_):
         print("fresh policy mean probs", [f"{x:.4f}" for x in dsom.PolicyNetwork(state.shape[1], 1024, 7)(state).exp().mean(0).tolist()])
 
 
+def lists(folder, round_):
+    taught = teachers()
+    learner = student("dsom-dsom-compact-answers", list(taught), {"distillation": "ndkd"})
+    learner.load(Path(folder), round_)
+    train = torch.from_numpy(learner.kb.train)
+    sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:8000]
+    print(f"# {len(sample)} train triples (head and tail queries), answered by the structure teacher; full answers: 4 x {learner.model.num_entities:,} entities")
+    for size in (1000, 500, 250, 100, 50):
+        with torch.no_grad():
+            asked = learner.student.ask(0, list(sample.split(size)), train, "structure", "shared")
+        stats, _ = taught["structure"].answer(asked)
+        answers = [len(learner.student.train_answers.pairs(kind, queries)[1].unique()) for rows in sample.split(size) for kind, queries in ((QueryKind.TAIL, train[rows, :2]), (QueryKind.HEAD, train[rows, 1:]))]
+        print(f"queries per list {size:5d}  answer bytes per query {stats['bytes'] / (2 * len(sample)):9,.0f}  train answers listed {sum(answers) / len(answers):7,.0f}", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "early":
         early(int(sys.argv[2]), dict(kv.split("=") for kv in sys.argv[3:]))
+    elif sys.argv[1] == "lists":
+        lists(sys.argv[2], int(sys.argv[3]))
     else:
         advantages(sys.argv[2], int(sys.argv[3]))
