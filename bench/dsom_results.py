@@ -7,7 +7,9 @@ over text, over numeric literals) and the feature-less student, all aligned by n
 teacher over the Wikidata descriptions (``features/wikidata.npy``) joins with ``--teachers
 structure,text,numeric,wikidata``; the rows it teaches record it, and a work folder holds rows of
 one teacher set only. The missing-modality rows (Fig. 4) train their own feature teachers over a
-copy of the KB whose feature matrices lack the rows of the same 20, 50 or 80 % of the entities.
+copy of the KB whose feature matrices lack the rows of the same 20, 50 or 80 % of the entities;
+such an entity gets an embedding of its own in a feature teacher, or zeros with ``--missing-features
+zeros`` (one setting per work folder).
 
 The script drives :class:`KBWorker` objects in this one process, making the calls a ``dsom``
 job's rounds make (the student asks each teacher, each teacher answers, the student trains), so
@@ -93,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--seed", type=int, default=0, help="Models' seed, and which entities the missing-modality rows strip of their features.")
+    parser.add_argument(
+        "--missing-features",
+        default="learned",
+        choices=["learned", "zeros"],
+        help="What the feature teachers make of an entity without a feature row (feature-complex's `missing`): an embedding of its own, or zeros. One per work folder.",
+    )
     args = parser.parse_args(argv)
     args.teachers = args.teachers.split(",")
     unknown = sorted(set(args.teachers) - set(TEACHERS))
@@ -192,7 +200,7 @@ class Table:
         return max(1, round(epochs * per_epoch / self.args.steps_per_round))
 
     def record(self, row: str, result: dict) -> None:
-        self.results[row] = result
+        self.results[row] = {**result, "missing_features": self.args.missing_features}
         self.results_path.write_text(json.dumps(self.results, indent=2, sort_keys=True))
         print(f"{row}: " + json.dumps(result, sort_keys=True), flush=True)
 
@@ -216,7 +224,8 @@ class Table:
         if name in self.trained:
             return self.trained[name]
         # in one process no object store carries the answers: a full answer step (116 MB at batch 1,000) is no message over a limit
-        worker = KBWorker(name, folder, "feature-complex", self.worker_settings(features), Limits(max_label_bytes=2**40))
+        settings = self.worker_settings({**features, "missing": self.args.missing_features} if features else {})
+        worker = KBWorker(name, folder, "feature-complex", settings, Limits(max_label_bytes=2**40))
         worker.configure("dsom-teachers", self.args.seed, {}, identity_view(worker, ["student"]))  # a teacher only answers
         directory, rounds = self.args.out / "teachers" / name, self.steps(self.args.teacher_epochs, worker)
         done, started = self._resume(worker, directory), time.perf_counter()
@@ -308,8 +317,13 @@ class Table:
         )
 
 
-def check_teachers(results: dict, rows: list[str], teachers: list[str]) -> None:
-    """Refuses to add rows distilled from other teachers than the finished ones of the work folder (a row without a record of its teachers had the default ones)."""
+def check_folder(results: dict, rows: list[str], args: argparse.Namespace) -> None:
+    """Refuses to add rows distilled from other teachers, or with other --missing-features, than the finished ones of the work folder
+    (a row without a record of its teachers had the default ones; without one of its missing features, learned)."""
+    other = sorted(row for row, done in results.items() if ":" not in row and done.get("missing_features", "learned") != args.missing_features)
+    if other:
+        raise SystemExit(f"--missing-features: rows {', '.join(other)} of this work folder had the other setting; give it, or another --out")
+    teachers = args.teachers
     for row in rows:
         done = results.get(row)
         if done is None or row.startswith("teacher-") and not row.startswith("teacher-average"):
@@ -333,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     if "wikidata" in args.teachers:
         wikidata_features(args.data, folder)
     table = Table(args, folder)
-    check_teachers(table.results, rows, args.teachers)
+    check_folder(table.results, rows, args)
     # every row but the student alone and the missing-modality ones needs the trained teachers; their own rows come with them
     teachers = table.teachers() if set(rows) - set(MISSING_ROWS) - {"complex-n3"} else {}
     for row in rows:
